@@ -1,0 +1,60 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let upcoming: [SwiftSetting] = [
+  .enableUpcomingFeature("ExistentialAny"),
+  .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+  name: "Sluice",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "sluice", targets: ["sluice"]),
+    .library(name: "Sluice", targets: ["Sluice"]),
+    .library(name: "SluiceCore", targets: ["SluiceCore"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+  ],
+  targets: [
+    .systemLibrary(
+      name: "CLibPQ",
+      pkgConfig: "libpq",
+      providers: [.apt(["libpq-dev"])]
+    ),
+    // Pure: decides, never touches a socket, the clock or the environment.
+    .target(name: "SluiceCore", swiftSettings: upcoming),
+    // The only module that imports libpq.
+    .target(
+      name: "SluicePostgres",
+      dependencies: ["CLibPQ", "SluiceCore"],
+      swiftSettings: upcoming
+    ),
+    // Public API for handler authors and the daemon's assembly.
+    .target(
+      name: "Sluice",
+      dependencies: [
+        "SluiceCore", "SluicePostgres",
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: upcoming
+    ),
+    .executableTarget(
+      name: "sluice",
+      dependencies: [
+        "Sluice",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: upcoming
+    ),
+    .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], swiftSettings: upcoming),
+    .testTarget(
+      name: "SluiceTests",
+      dependencies: ["Sluice", "SluicePostgres", "SluiceCore"],
+      swiftSettings: upcoming
+    ),
+  ]
+)

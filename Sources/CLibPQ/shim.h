@@ -1,0 +1,5 @@
+#ifndef SLUICE_CLIBPQ_SHIM_H
+#define SLUICE_CLIBPQ_SHIM_H
+#include <libpq-fe.h>
+#include <poll.h>
+#endif

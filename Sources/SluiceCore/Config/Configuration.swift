@@ -1,0 +1,158 @@
+/// Everything the daemon reads from its environment, validated before
+/// anything connects. Every default lives here.
+public struct Configuration: Sendable, Equatable {
+  public enum LogFormat: String, Sendable { case text, json }
+  public enum LogLevel: String, Sendable, CaseIterable { case trace, debug, info, notice, warning, error, critical }
+  public struct Address: Sendable, Equatable {
+    public var host: String
+    public var port: UInt16
+  }
+
+  public var databaseURL: String
+  public var slot: String = "sluice"
+  public var publication: String = "sluice"
+  public var batchSize: Int = 1000
+  public var batchTimeoutMilliseconds: Int = 20
+  public var maxAttempts: Int = 5
+  /// nil when metrics are `off`.
+  public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9464)
+  public var logLevel: LogLevel = .info
+  public var logFormat: LogFormat = .text
+
+  public init(databaseURL: String) { self.databaseURL = databaseURL }
+
+  /// Reads `SLUICE_*` variables. Throws for the first missing or malformed one.
+  public init(environment: [String: String]) throws(ConfigurationError) {
+    func value(_ name: String) throws(ConfigurationError) -> String? {
+      guard let raw = environment[name] else { return nil }
+      let trimmed = raw.trimmingWhitespace()
+      if trimmed.isEmpty { throw ConfigurationError(variable: name, message: "is set but empty") }
+      return trimmed
+    }
+    func integer(_ name: String, _ range: ClosedRange<Int>) throws(ConfigurationError) -> Int? {
+      guard let text = try value(name) else { return nil }
+      guard let number = Int(text), range.contains(number) else {
+        throw ConfigurationError(
+          variable: name, message: "must be an integer from \(range.lowerBound) to \(range.upperBound), got '\(text)'")
+      }
+      return number
+    }
+    func identifier(_ name: String) throws(ConfigurationError) -> String? {
+      guard let text = try value(name) else { return nil }
+      guard Self.isIdentifier(text) else {
+        throw ConfigurationError(
+          variable: name,
+          message: "must be 1-63 characters of a-z, 0-9 and _, starting with a letter or _, got '\(text)'")
+      }
+      return text
+    }
+
+    guard let url = try value("SLUICE_DATABASE_URL") else {
+      throw ConfigurationError(
+        variable: "SLUICE_DATABASE_URL", message: "is required: a libpq URI (postgresql://user@host/db) or conninfo")
+    }
+    self.init(databaseURL: url)
+    if let slot = try identifier("SLUICE_SLOT") { self.slot = slot }
+    if let publication = try identifier("SLUICE_PUBLICATION") { self.publication = publication }
+    if let size = try integer("SLUICE_BATCH_SIZE", 1...100_000) { batchSize = size }
+    if let timeout = try integer("SLUICE_BATCH_TIMEOUT_MS", 0...60_000) { batchTimeoutMilliseconds = timeout }
+    if let attempts = try integer("SLUICE_MAX_ATTEMPTS", 1...1000) { maxAttempts = attempts }
+    if let address = try value("SLUICE_METRICS_ADDR") {
+      if address == "off" {
+        metricsAddress = nil
+      } else {
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]),
+          port > 0, colon > address.startIndex
+        else {
+          throw ConfigurationError(
+            variable: "SLUICE_METRICS_ADDR", message: "must be HOST:PORT (e.g. 127.0.0.1:9464) or off, got '\(address)'"
+          )
+        }
+        metricsAddress = Address(host: String(address[..<colon]), port: port)
+      }
+    }
+    if let level = try value("SLUICE_LOG_LEVEL") {
+      guard let parsed = LogLevel(rawValue: level.lowercased()) else {
+        throw ConfigurationError(
+          variable: "SLUICE_LOG_LEVEL",
+          message: "must be one of \(LogLevel.allCases.map(\.rawValue).joined(separator: ", ")), got '\(level)'")
+      }
+      logLevel = parsed
+    }
+    if let format = try value("SLUICE_LOG_FORMAT") {
+      guard let parsed = LogFormat(rawValue: format.lowercased()) else {
+        throw ConfigurationError(variable: "SLUICE_LOG_FORMAT", message: "must be text or json, got '\(format)'")
+      }
+      logFormat = parsed
+    }
+  }
+
+  /// A lower-case SQL identifier Postgres accepts unquoted (slot names must be such).
+  public static func isIdentifier(_ text: String) -> Bool {
+    guard (1...63).contains(text.utf8.count), let first = text.utf8.first,
+      first == UInt8(ascii: "_") || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first)
+    else { return false }
+    return text.utf8.allSatisfy {
+      $0 == UInt8(ascii: "_") || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0)
+        || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+    }
+  }
+
+  /// The database URL with any password replaced by `***`, for logs and status.
+  public var redactedDatabaseURL: String { Self.redact(databaseURL) }
+
+  public static func redact(_ conninfo: String) -> String {
+    if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
+      guard let scheme = conninfo.firstRange(of: "://") else { return conninfo }
+      let rest = conninfo[scheme.upperBound...]
+      let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+      var result = String(conninfo[..<scheme.upperBound])
+      let authority = rest[..<authorityEnd]
+      if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
+        result += authority[..<colon] + ":***" + authority[at...]
+      } else {
+        result += authority
+      }
+      var query = String(rest[authorityEnd...])
+      query = redactKeyValue(query, separator: "&")
+      return result + query
+    }
+    return redactKeyValue(conninfo, separator: " ")
+  }
+
+  /// Replaces the value of every `password=` pair.
+  private static func redactKeyValue(_ text: String, separator: Character) -> String {
+    var output = ""
+    var rest = Substring(text)
+    while let range = rest.firstRange(of: "password") {
+      output += rest[..<range.upperBound]
+      rest = rest[range.upperBound...]
+      let afterSpaces = rest.drop(while: { $0 == " " })
+      guard afterSpaces.first == "=" else { continue }
+      output += "="
+      var value = afterSpaces.dropFirst().drop(while: { $0 == " " })
+      if value.first == "'" {
+        // Quoted conninfo value: skip to the closing unescaped quote.
+        value = value.dropFirst()
+        while let char = value.first, char != "'" { value = value.dropFirst(char == "\\" ? 2 : 1) }
+        rest = value.dropFirst()
+      } else {
+        rest = value.drop(while: { $0 != separator && $0 != "&" && $0 != " " })
+      }
+      output += "***"
+    }
+    return output + rest
+  }
+}
+
+public struct ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+  public var variable: String
+  public var message: String
+  public var description: String { "configuration error: \(variable) \(message)" }
+}
+
+extension String {
+  func trimmingWhitespace() -> String {
+    String(self.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+  }
+}

@@ -1,0 +1,238 @@
+public import CLibPQ
+import Glibc
+public import SluiceCore
+
+/// A failure reported by libpq or the server, with the SQLSTATE when there is one.
+public struct PostgresError: Error, CustomStringConvertible, Sendable {
+  /// Five-character SQLSTATE, e.g. `SL001` for `sluice.reject`, `57P01` for admin shutdown.
+  public var sqlState: String?
+  public var message: String
+  /// What Sluice was doing: "connect", "START_REPLICATION", the first words of a query.
+  public var context: String
+  /// Server-side DETAIL, when given (e.g. the reason a handler raised).
+  public var detail: String?
+
+  public init(sqlState: String? = nil, message: String, context: String, detail: String? = nil) {
+    self.sqlState = sqlState
+    self.message = message
+    self.context = context
+    self.detail = detail
+  }
+
+  public var description: String {
+    "\(context): \(message)" + (sqlState.map { " (SQLSTATE \($0))" } ?? "")
+  }
+
+  /// True when retrying on a new connection may succeed: connection loss,
+  /// server shutdown or crash, a terminated backend.
+  public var isConnectionLoss: Bool {
+    guard let state = sqlState else { return true }  // libpq-side errors: the connection broke
+    return state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300"
+  }
+}
+
+/// Rows of one result, every value in text format (nil for NULL).
+public struct QueryResult: Sendable {
+  public var columns: [String]
+  public var rows: [[String?]]
+  /// Rows affected by INSERT/UPDATE/DELETE (PQcmdTuples), 0 otherwise.
+  public var affectedRows: Int
+
+  public init(columns: [String] = [], rows: [[String?]] = [], affectedRows: Int = 0) {
+    self.columns = columns
+    self.rows = rows
+    self.affectedRows = affectedRows
+  }
+
+  /// The first row's value of `column`.
+  public func value(_ column: String, row: Int = 0) -> String? {
+    guard row < rows.count, let index = columns.firstIndex(of: column) else { return nil }
+    return rows[row][index]
+  }
+
+  public var scalar: String? { rows.first?.first ?? nil }
+}
+
+/// One libpq connection. Every call blocks the calling thread: run it on a
+/// thread of its own (see `BlockingExecutor`), never on Swift's cooperative pool.
+public final class PGConnection: @unchecked Sendable {
+  let handle: OpaquePointer
+  private var closed = false
+
+  /// Session settings pinned on every connection, so that text values have
+  /// one format whatever the server's defaults are.
+  public static let pinnedOptions =
+    "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
+
+  /// `conninfo`: a URI or `key=value` string; libpq's PG* variables and
+  /// passfile apply as usual. `replication`: open a logical replication
+  /// connection (`replication=database`).
+  public init(conninfo: String, replication: Bool = false, applicationName: String = "sluice") throws {
+    var keys = ["dbname", "options", "fallback_application_name"]
+    var values = [conninfo, Self.pinnedOptions, applicationName]
+    if replication {
+      keys.append("replication")
+      values.append("database")
+    }
+    let connection = withCStringArray(keys) { keyPointers in
+      withCStringArray(values) { valuePointers in
+        PQconnectdbParams(keyPointers, valuePointers, 1)
+      }
+    }
+    guard let connection else {
+      throw PostgresError(message: "out of memory", context: "connect")
+    }
+    guard PQstatus(connection) == CONNECTION_OK else {
+      let message = Self.trimmed(PQerrorMessage(connection))
+      PQfinish(connection)
+      throw PostgresError(sqlState: nil, message: message, context: "connect")
+    }
+    self.handle = connection
+  }
+
+  deinit { close() }
+
+  public func close() {
+    guard !closed else { return }
+    closed = true
+    PQfinish(handle)
+  }
+
+  /// `server_version_num`, e.g. 150018.
+  public var serverVersion: Int { Int(PQserverVersion(handle)) }
+  public var backendPID: Int32 { PQbackendPID(handle) }
+  public var socket: Int32 { PQsocket(handle) }
+  public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
+
+  /// The last error libpq recorded on this connection.
+  public func lastError(_ context: String) -> PostgresError {
+    PostgresError(message: Self.trimmed(PQerrorMessage(handle)), context: context)
+  }
+
+  /// Runs one statement with bound text parameters (extended protocol).
+  @discardableResult
+  public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
+    let result = withOptionalCStringArray(parameters) { pointers in
+      PQexecParams(handle, sql, Int32(parameters.count), nil, pointers, nil, nil, 0)
+    }
+    return try consume(result, context: Self.context(of: sql))
+  }
+
+  /// Runs one or more statements with the simple query protocol (the only
+  /// one a replication connection speaks before PG 15); returns the last result.
+  @discardableResult
+  public func simpleQuery(_ sql: String) throws -> QueryResult {
+    let context = Self.context(of: sql)
+    guard PQsendQuery(handle, sql) == 1 else { throw lastError(context) }
+    var last = QueryResult()
+    var failure: PostgresError?
+    while let result = PQgetResult(handle) {
+      do {
+        last = try consume(result, context: context)
+      } catch let error as PostgresError {
+        if failure == nil { failure = error }
+      }
+    }
+    if let failure { throw failure }
+    return last
+  }
+
+  func consume(_ result: OpaquePointer?, context: String) throws -> QueryResult {
+    guard let result else { throw lastError(context) }
+    defer { PQclear(result) }
+    switch PQresultStatus(result) {
+    case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY, PGRES_COPY_BOTH, PGRES_COPY_OUT, PGRES_COPY_IN:
+      let affected = Int(String(cString: PQcmdTuples(result))) ?? 0
+      return QueryResult(affectedRows: affected)
+    case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE:
+      let columnCount = PQnfields(result)
+      let rowCount = PQntuples(result)
+      let columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
+      var rows: [[String?]] = []
+      rows.reserveCapacity(Int(rowCount))
+      for row in 0..<rowCount {
+        rows.append(
+          (0..<columnCount).map { column in
+            PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
+          })
+      }
+      return QueryResult(columns: columns, rows: rows)
+    default:
+      throw Self.error(from: result, context: context, connection: handle)
+    }
+  }
+
+  static func error(from result: OpaquePointer, context: String, connection: OpaquePointer) -> PostgresError {
+    func field(_ code: UInt8) -> String? {
+      guard let pointer = PQresultErrorField(result, Int32(code)) else { return nil }
+      return String(cString: pointer)
+    }
+    let primary = field(UInt8(ascii: "M")) ?? trimmed(PQresultErrorMessage(result))
+    let message = primary.isEmpty ? trimmed(PQerrorMessage(connection)) : primary
+    return PostgresError(
+      sqlState: field(UInt8(ascii: "C")), message: message, context: context, detail: field(UInt8(ascii: "D")))
+  }
+
+  static func trimmed(_ pointer: UnsafePointer<CChar>?) -> String {
+    guard let pointer else { return "" }
+    var text = String(cString: pointer)
+    while text.last == "\n" || text.last == " " { text.removeLast() }
+    return text
+  }
+
+  static func context(of sql: String) -> String {
+    let words = sql.split(whereSeparator: { $0 == " " || $0 == "\n" }).prefix(3)
+    return words.joined(separator: " ")
+  }
+
+  // MARK: - COPY (replication stream)
+
+  /// Sends one CopyData message and flushes it.
+  public func putCopyData(_ bytes: [UInt8]) throws {
+    let sent = bytes.withUnsafeBufferPointer { buffer in
+      buffer.withMemoryRebound(to: CChar.self) { PQputCopyData(handle, $0.baseAddress, Int32($0.count)) }
+    }
+    guard sent == 1, PQflush(handle) == 0 else { throw lastError("send CopyData") }
+  }
+
+  /// Ends our side of a COPY BOTH (CopyDone).
+  public func putCopyEnd() throws {
+    guard PQputCopyEnd(handle, nil) == 1, PQflush(handle) == 0 else { throw lastError("CopyDone") }
+  }
+
+  /// Quotes an identifier for SQL text (`sluice.sources` names, slot names).
+  public static func quoteIdentifier(_ name: String) -> String {
+    "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+  }
+
+  /// Quotes a literal for SQL text where parameters cannot be bound (replication commands).
+  public static func quoteLiteral(_ text: String) -> String {
+    "'" + text.replacingAll("'", with: "''") + "'"
+  }
+}
+
+extension String {
+  func replacingAll(_ target: Character, with replacement: String) -> String {
+    var out = ""
+    out.reserveCapacity(utf8.count)
+    for char in self {
+      if char == target { out += replacement } else { out.append(char) }
+    }
+    return out
+  }
+}
+
+func withCStringArray<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
+  let duplicates = strings.map { strdup($0) }
+  defer { duplicates.forEach { free($0) } }
+  var pointers: [UnsafePointer<CChar>?] = duplicates.map { UnsafePointer($0) }
+  pointers.append(nil)
+  return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+func withOptionalCStringArray<R>(_ strings: [String?], _ body: (UnsafePointer<UnsafePointer<CChar>?>?) -> R) -> R {
+  let duplicates = strings.map { $0.map { strdup($0) } ?? nil }
+  defer { duplicates.forEach { free($0) } }
+  let pointers: [UnsafePointer<CChar>?] = duplicates.map { $0.map { UnsafePointer($0) } }
+  return pointers.withUnsafeBufferPointer { body($0.baseAddress) }
+}
