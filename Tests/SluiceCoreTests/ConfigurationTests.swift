@@ -1,0 +1,93 @@
+import Testing
+
+@testable import SluiceCore
+
+@Suite struct ConfigurationTests {
+  let url = ["SLUICE_DATABASE_URL": "postgresql://sluice@db/app"]
+
+  @Test func defaults() throws {
+    let config = try Configuration(environment: url)
+    #expect(config.slot == "sluice")
+    #expect(config.publication == "sluice")
+    #expect(config.batchSize == 1000)
+    #expect(config.batchTimeoutMilliseconds == 20)
+    #expect(config.maxAttempts == 5)
+    #expect(config.metricsAddress == .init(host: "127.0.0.1", port: 9464))
+    #expect(config.logLevel == .info)
+    #expect(config.logFormat == .text)
+  }
+
+  @Test func readsEveryVariable() throws {
+    let config = try Configuration(
+      environment: url.merging([
+        "SLUICE_SLOT": "s2", "SLUICE_PUBLICATION": "p2", "SLUICE_BATCH_SIZE": "50", "SLUICE_BATCH_TIMEOUT_MS": "0",
+        "SLUICE_MAX_ATTEMPTS": "3", "SLUICE_METRICS_ADDR": "off", "SLUICE_LOG_LEVEL": "DEBUG",
+        "SLUICE_LOG_FORMAT": "json",
+      ]) { $1 })
+    #expect(config.slot == "s2")
+    #expect(config.publication == "p2")
+    #expect(config.batchSize == 50)
+    #expect(config.batchTimeoutMilliseconds == 0)
+    #expect(config.maxAttempts == 3)
+    #expect(config.metricsAddress == nil)
+    #expect(config.logLevel == .debug)
+    #expect(config.logFormat == .json)
+    let bound = try Configuration(environment: url.merging(["SLUICE_METRICS_ADDR": "0.0.0.0:9000"]) { $1 })
+    #expect(bound.metricsAddress == .init(host: "0.0.0.0", port: 9000))
+  }
+
+  @Test(arguments: [
+    ("SLUICE_DATABASE_URL", ""),
+    ("SLUICE_SLOT", "Bad-Slot"), ("SLUICE_SLOT", String(repeating: "a", count: 64)),
+    ("SLUICE_PUBLICATION", "1pub"),
+    ("SLUICE_BATCH_SIZE", "0"), ("SLUICE_BATCH_SIZE", "ten"), ("SLUICE_BATCH_SIZE", "100001"),
+    ("SLUICE_BATCH_TIMEOUT_MS", "-1"), ("SLUICE_MAX_ATTEMPTS", "0"), ("SLUICE_MAX_ATTEMPTS", "1.5"),
+    ("SLUICE_METRICS_ADDR", "9464"), ("SLUICE_METRICS_ADDR", "host:"), ("SLUICE_METRICS_ADDR", "host:70000"),
+    ("SLUICE_LOG_LEVEL", "loud"), ("SLUICE_LOG_FORMAT", "xml"),
+  ])
+  func malformedVariableIsNamed(_ variable: String, _ value: String) {
+    var environment = url
+    environment[variable] = value
+    do {
+      _ = try Configuration(environment: environment)
+      Issue.record("\(variable)=\(value) accepted")
+    } catch {
+      #expect(error.variable == variable)
+      #expect(error.description.contains(variable))
+    }
+  }
+
+  @Test func missingURLIsNamed() {
+    #expect(throws: ConfigurationError.self) { try Configuration(environment: [:]) }
+    #expect((try? Configuration(environment: [:])) == nil)
+  }
+
+  @Test func redactsPasswords() {
+    #expect(
+      Configuration.redact("postgresql://app:s3cret@db:5432/x?sslmode=require")
+        == "postgresql://app:***@db:5432/x?sslmode=require")
+    #expect(
+      Configuration.redact("postgres://app@db/x?password=s3cret&sslmode=off")
+        == "postgres://app@db/x?password=***&sslmode=off")
+    #expect(Configuration.redact("host=db password=s3cret user=app") == "host=db password=*** user=app")
+    #expect(Configuration.redact("host=db password = 'se cr\\'et' user=app") == "host=db password=*** user=app")
+    #expect(Configuration.redact("postgresql://app@db/x") == "postgresql://app@db/x")
+    for text in ["postgresql://app:s3cret@db/x", "password=s3cret", "host=x password='s3cret'"] {
+      #expect(!Configuration.redact(text).contains("s3cret"))
+    }
+  }
+}
+
+@Suite struct BackoffTests {
+  @Test func growsToTheCapWithJitter() {
+    var backoff = Backoff(baseMilliseconds: 100, capMilliseconds: 1000)
+    #expect(backoff.next(unit: 1) == 100)
+    #expect(backoff.next(unit: 1) == 200)
+    #expect(backoff.next(unit: 0.5) == 200)
+    #expect(backoff.next(unit: 1) == 800)
+    #expect(backoff.next(unit: 1) == 1000)
+    for _ in 0..<100 { #expect(backoff.next(unit: 0.999) <= 1000) }
+    backoff.reset()
+    #expect(backoff.next(unit: 0) == 1)
+  }
+}
