@@ -13,6 +13,7 @@ let package = Package(
     .executable(name: "sluice", targets: ["sluice"]),
     .library(name: "Sluice", targets: ["Sluice"]),
     .library(name: "SluiceCore", targets: ["SluiceCore"]),
+    .library(name: "SluiceCLI", targets: ["SluiceCLI"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -23,6 +24,13 @@ let package = Package(
       name: "CLibPQ",
       pkgConfig: "libpq",
       providers: [.apt(["libpq-dev"])]
+    ),
+    // The SQL migrations in sql/, embedded in the binary.
+    .target(
+      name: "SluiceSchema",
+      path: "sql",
+      exclude: ["examples"],
+      resources: [.embedInCode("001_schema.sql")]
     ),
     // Pure: decides, never touches a socket, the clock or the environment.
     .target(name: "SluiceCore", swiftSettings: upcoming),
@@ -36,13 +44,14 @@ let package = Package(
     .target(
       name: "Sluice",
       dependencies: [
-        "SluiceCore", "SluicePostgres",
+        "SluiceCore", "SluicePostgres", "SluiceSchema",
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: upcoming
     ),
-    .executableTarget(
-      name: "sluice",
+    // The command line, reusable by any daemon that adds Swift handlers.
+    .target(
+      name: "SluiceCLI",
       dependencies: [
         "Sluice",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -50,6 +59,7 @@ let package = Package(
       ],
       swiftSettings: upcoming
     ),
+    .executableTarget(name: "sluice", dependencies: ["SluiceCLI"], swiftSettings: upcoming),
     .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], swiftSettings: upcoming),
     .testTarget(
       name: "SluiceTests",

@@ -34,6 +34,8 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
 /// Rows of one result, every value in text format (nil for NULL).
 public struct QueryResult: Sendable {
   public var columns: [String]
+  /// Type OID of each column (PQftype), to decode values into typed ones.
+  public var types: [UInt32] = []
   public var rows: [[String?]]
   /// Rows affected by INSERT/UPDATE/DELETE (PQcmdTuples), 0 otherwise.
   public var affectedRows: Int
@@ -88,6 +90,8 @@ public final class PGConnection: @unchecked Sendable {
       throw PostgresError(sqlState: nil, message: message, context: "connect")
     }
     self.handle = connection
+    // Server NOTICEs ("schema already exists, skipping") are not errors: keep them off stderr.
+    PQsetNoticeProcessor(connection, { _, _ in }, nil)
   }
 
   deinit { close() }
@@ -148,6 +152,7 @@ public final class PGConnection: @unchecked Sendable {
       let columnCount = PQnfields(result)
       let rowCount = PQntuples(result)
       let columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
+      let types = (0..<columnCount).map { UInt32(PQftype(result, $0)) }
       var rows: [[String?]] = []
       rows.reserveCapacity(Int(rowCount))
       for row in 0..<rowCount {
@@ -156,7 +161,9 @@ public final class PGConnection: @unchecked Sendable {
             PQgetisnull(result, row, column) == 1 ? nil : String(cString: PQgetvalue(result, row, column))
           })
       }
-      return QueryResult(columns: columns, rows: rows)
+      var decoded = QueryResult(columns: columns, rows: rows)
+      decoded.types = types
+      return decoded
     default:
       throw Self.error(from: result, context: context, connection: handle)
     }
@@ -235,4 +242,28 @@ func withOptionalCStringArray<R>(_ strings: [String?], _ body: (UnsafePointer<Un
   defer { duplicates.forEach { free($0) } }
   let pointers: [UnsafePointer<CChar>?] = duplicates.map { $0.map { UnsafePointer($0) } }
   return pointers.withUnsafeBufferPointer { body($0.baseAddress) }
+}
+
+/// Postgres array literals, to bind a whole column of values as one parameter
+/// (`unnest($1::text[])`): one round trip for a batch instead of one per row.
+public enum PGArray {
+  public static func literal(_ values: some Sequence<String?>) -> String {
+    var out = "{"
+    var first = true
+    for value in values {
+      if !first { out += "," }
+      first = false
+      guard let value else {
+        out += "NULL"
+        continue
+      }
+      out += "\""
+      for char in value {
+        if char == "\"" || char == "\\" { out += "\\" }
+        out.append(char)
+      }
+      out += "\""
+    }
+    return out + "}"
+  }
 }

@@ -36,5 +36,9 @@ public struct RelationCache: Sendable {
 public struct RowDecodeError: Error, Equatable, Sendable, CustomStringConvertible {
   public var relation: String
   public var reason: String
+  public init(relation: String, reason: String) {
+    self.relation = relation
+    self.reason = reason
+  }
   public var description: String { "\(relation): \(reason)" }
 }

@@ -1,0 +1,208 @@
+import Foundation
+public import Logging
+public import SluiceCore
+public import SluicePostgres
+
+/// `sluice run`: connect, take the slot, backfill if the slot is new, then
+/// stream → decide → handle → acknowledge until stopped. Connection losses
+/// on either connection restart the pipeline from the last confirmed position.
+public final class Daemon {
+  let configuration: Configuration
+  let registry: HandlerRegistry
+  let logger: Logger
+  let stop: StopSignal
+  /// Called once streaming starts, and on every reconnect (systemd READY=1).
+  public var onStreaming: (() -> Void)?
+  /// Called after every batch with the confirmed position (watchdog, status).
+  public var onProgress: ((LSN) -> Void)?
+
+  private var policy: Policy?
+  private var confirmed: LSN = .zero
+
+  public init(configuration: Configuration, registry: HandlerRegistry, logger: Logger, stop: StopSignal) {
+    self.configuration = configuration
+    self.registry = registry
+    self.logger = logger
+    self.stop = stop
+  }
+
+  /// Runs until `stop` is set; throws for errors a retry cannot fix.
+  public func run() throws {
+    var backoff = Backoff(baseMilliseconds: 200, capMilliseconds: 10_000)
+    while !stop.isSet {
+      do {
+        try session(&backoff)
+        return
+      } catch let error where Self.isTransient(error) && !stop.isSet {
+        let wait = backoff.next(unit: Double.random(in: 0..<1))
+        logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
+        stop.sleep(milliseconds: wait)
+      }
+    }
+  }
+
+  static func isTransient(_ error: any Error) -> Bool {
+    if error is ReplicationError { return true }
+    guard let error = error as? PostgresError else { return false }
+    // 55006: the slot is still active for a dying walsender; 23505: a concurrent backfill wrote the same ledger row.
+    return error.isConnectionLoss || error.sqlState == "55006" || error.sqlState == "23505"
+  }
+
+  /// One connected session: returns on stop, throws on failure.
+  private func session(_ backoff: inout Backoff) throws {
+    let url = configuration.databaseURL
+    let sql = try PGConnection(conninfo: url, applicationName: "sluice")
+    defer { sql.close() }
+    let pending = try Migrator.pending(sql)
+    guard pending.isEmpty else {
+      throw StartupError("the database lacks migrations \(pending.joined(separator: ", ")): run `sluice migrate`")
+    }
+    try Migrator.ensurePublication(sql, configuration.publication)
+    guard try waitForLock(sql) else { return }
+
+    let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice")
+    defer { stream.close() }
+    let slot = configuration.slot
+    let slotRow = try sql.query(
+      "SELECT confirmed_flush_lsn::text, plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+      [slot]
+    ).rows.first
+    var start: LSN
+    let processor: BatchProcessor
+    let mirrorReady = try policy != nil || PolicyStore.isMirrorReady(sql, slot: slot)
+    if let slotRow, mirrorReady {
+      guard slotRow[1] == "pgoutput" else {
+        throw StartupError("slot \(slot) uses plugin \(slotRow[1] ?? "?"), not pgoutput")
+      }
+      if policy == nil { policy = try PolicyStore.loadFromMirror(sql) }
+      start = max(confirmed, slotRow[0].flatMap { LSN($0) } ?? .zero)
+      processor = makeProcessor(sql, policy ?? Policy())
+    } else {
+      if slotRow != nil {
+        // The slot was made by someone else, or our setup of it never finished:
+        // nothing was consumed from it, so start over with a slot and snapshot of our own.
+        logger.warning("slot exists without a policy mirror; recreating it", metadata: ["slot": "\(slot)"])
+        try sql.query("SELECT pg_drop_replication_slot($1)", [slot])
+      }
+      (start, processor) = try createSlotAndBackfill(stream, sql)
+    }
+    confirmed = start
+
+    let queue = BlockingQueue<StreamItem>(capacity: max(2 * configuration.batchSize, 1024))
+    let ack = SharedAckTracker(confirmed: start)
+    let version = ReplicationConnection.protocolVersion(serverVersion: stream.connection.serverVersion)
+    try stream.startReplication(
+      slot: slot, start: start, protocolVersion: version, publications: [configuration.publication])
+    let reader = StreamReader(stream: stream, queue: queue, ack: ack, logger: logger)
+    reader.start()
+    logger.info(
+      "streaming", metadata: ["slot": "\(slot)", "from": "\(start)", "proto_version": "\(version)"])
+    backoff.reset()
+    onStreaming?()
+
+    do {
+      try handleLoop(queue, reader, processor, ack)
+    } catch {
+      policy = processor.policy
+      reader.stopAndWait()
+      throw error
+    }
+    policy = processor.policy
+    reader.stopAndWait()
+    if let failure = reader.failure, !stop.isSet { throw failure }
+    reader.finish()
+    confirmed = ack.confirmed
+    logger.info("stopped", metadata: ["confirmed": "\(confirmed)"])
+  }
+
+  private func makeProcessor(_ connection: PGConnection, _ policy: Policy) -> BatchProcessor {
+    BatchProcessor(
+      connection: connection, registry: registry, policy: policy, maxAttempts: configuration.maxAttempts,
+      slot: configuration.slot, logger: logger)
+  }
+
+  /// Only one daemon streams a slot: the others wait here for its advisory lock.
+  private func waitForLock(_ sql: PGConnection) throws -> Bool {
+    var waiting = false
+    while !stop.isSet {
+      let got = try sql.query("SELECT pg_try_advisory_lock(hashtext('sluice.slot.' || $1))", [configuration.slot])
+      if got.scalar == "t" { return true }
+      if !waiting {
+        logger.info("another daemon is streaming this slot; standing by", metadata: ["slot": "\(configuration.slot)"])
+        waiting = true
+      }
+      stop.sleep(milliseconds: 500)
+    }
+    return false
+  }
+
+  /// Creates the slot, then in the snapshot it exports: copies the policy to
+  /// the mirror and processes the source rows the ledger has not seen.
+  private func createSlotAndBackfill(_ stream: ReplicationConnection, _ sql: PGConnection) throws -> (
+    LSN, BatchProcessor
+  ) {
+    let created = try stream.createSlot(configuration.slot, temporary: false, snapshot: .export)
+    guard let snapshot = created.snapshotName else { throw StartupError("the slot exported no snapshot") }
+    logger.info(
+      "created slot", metadata: ["slot": "\(created.name)", "consistent_point": "\(created.consistentPoint)"])
+    let reader = try PGConnection(conninfo: configuration.databaseURL, applicationName: "sluice-backfill")
+    defer { reader.close() }
+    try reader.simpleQuery("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    try reader.simpleQuery("SET TRANSACTION SNAPSHOT \(PGConnection.quoteLiteral(snapshot))")
+    let initial = try PolicyStore.loadFromTables(reader)
+    try PolicyStore.copyTablesToMirror(reader)
+    let processor = makeProcessor(sql, initial)
+    var total = 0
+    for source in initial.sources.values.sorted(by: { $0.relation < $1.relation }) {
+      total += try Backfill.run(
+        source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: nil)
+    }
+    try PolicyStore.markReady(reader, slot: configuration.slot)
+    try reader.simpleQuery("COMMIT")
+    policy = initial
+    if total > 0 { logger.info("backfilled rows that predate the slot", metadata: ["rows": "\(total)"]) }
+    return (created.consistentPoint, processor)
+  }
+
+  /// Takes batches off the queue and applies them until stopped.
+  private func handleLoop(
+    _ queue: BlockingQueue<StreamItem>, _ reader: StreamReader, _ processor: BatchProcessor, _ ack: SharedAckTracker
+  ) throws {
+    let batchSize = configuration.batchSize
+    let fillTimeout = Double(configuration.batchTimeoutMilliseconds) / 1000
+    while !stop.isSet {
+      var items = queue.take(upTo: batchSize, timeout: 0.1)
+      if items.isEmpty {
+        if queue.closed { return }
+        onProgress?(ack.confirmed)
+        continue
+      }
+      // Mid-transaction, wait briefly for the rest rather than commit a sliver.
+      let deadline = Date().addingTimeInterval(fillTimeout)
+      while items.count < batchSize, !Self.endsAtCommit(items), Date() < deadline, !queue.closed {
+        items += queue.take(upTo: batchSize - items.count, timeout: max(0, deadline.timeIntervalSinceNow))
+      }
+      let started = ContinuousClock.now
+      if let end = try processor.process(items) {
+        ack.update { $0.durable(through: end) }
+      }
+      logger.debug(
+        "batch",
+        metadata: [
+          "items": "\(items.count)",
+          "ms": "\(started.duration(to: .now).components.attoseconds / 1_000_000_000_000_000)",
+        ])
+      onProgress?(ack.confirmed)
+    }
+  }
+
+  private static func endsAtCommit(_ items: [StreamItem]) -> Bool {
+    if case .commit = items.last { return true }
+    return false
+  }
+}
+
+public struct StartupError: Error, CustomStringConvertible {
+  public var description: String
+  public init(_ description: String) { self.description = description }
+}

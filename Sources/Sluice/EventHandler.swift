@@ -1,0 +1,123 @@
+public import SluiceCore
+public import SluicePostgres
+
+/// What a handler decided about its event.
+public enum Outcome: Sendable, Equatable {
+  /// Its writes commit with the batch; the ledger says `applied`.
+  case applied
+  /// Its writes are rolled back; the ledger says `rejected` with this reason.
+  case rejected(String)
+}
+
+/// Server-side code for one event type. Runs inside the batch transaction:
+/// everything it writes through the context commits together with the
+/// event's ledger row, or not at all. Throwing means "try again": the event
+/// is retried with backoff, then `dead`.
+///
+/// ```swift
+/// struct AwardBadge: EventHandler {
+///   let eventType = "award_badge"
+///   func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+///     guard let badge = event.payload?["badge"]?.string else { return .rejected("payload.badge missing") }
+///     try context.execute("INSERT INTO game.badges (user_id, badge) VALUES ($1, $2)", [event.actor, badge])
+///     return .applied
+///   }
+/// }
+/// ```
+public protocol EventHandler: Sendable {
+  /// The event type this handler applies.
+  var eventType: String { get }
+  func handle(_ event: Event, in context: HandlerContext) throws -> Outcome
+}
+
+/// Runs SQL inside the batch transaction, on behalf of one event. The first
+/// statement sets a savepoint, so a rejected or failed event undoes only its own writes.
+public final class HandlerContext {
+  let connection: PGConnection
+  private(set) var savepointOpen = false
+
+  init(connection: PGConnection) { self.connection = connection }
+
+  /// Runs a statement with bound parameters and returns its rows.
+  @discardableResult
+  public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
+    if !savepointOpen {
+      try connection.simpleQuery("SAVEPOINT sluice_event")
+      savepointOpen = true
+    }
+    return try connection.query(sql, parameters)
+  }
+
+  /// Runs a statement for its effect; returns the number of rows it affected.
+  @discardableResult
+  public func execute(_ sql: String, _ parameters: [String?] = []) throws -> Int {
+    try query(sql, parameters).affectedRows
+  }
+
+  /// Keeps the event's writes.
+  func commit() throws {
+    guard savepointOpen else { return }
+    try connection.simpleQuery("RELEASE SAVEPOINT sluice_event")
+    savepointOpen = false
+  }
+
+  /// Undoes the event's writes.
+  func rollback() throws {
+    guard savepointOpen else { return }
+    try connection.simpleQuery("ROLLBACK TO SAVEPOINT sluice_event; RELEASE SAVEPOINT sluice_event")
+    savepointOpen = false
+  }
+}
+
+/// A handler backed by a row of `sluice.handlers`: calls the SQL function
+/// with the event as jsonb. `sluice.reject(reason)` (SQLSTATE SL001) rejects.
+public struct SQLFunctionHandler: EventHandler {
+  public let eventType: String
+  public let function: String
+
+  public init(eventType: String, function: String) {
+    self.eventType = eventType
+    self.function = function
+  }
+
+  public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    try context.query("SELECT \(Self.quotedFunctionName(function))($1::jsonb)", [event.json()])
+    return .applied
+  }
+
+  /// `shop.apply_restock` → `"shop"."apply_restock"`: the name is quoted, never spliced raw.
+  public static func quotedFunctionName(_ name: String) -> String {
+    name.split(separator: ".", maxSplits: 1).map { PGConnection.quoteIdentifier(String($0)) }.joined(separator: ".")
+  }
+}
+
+/// The Swift handlers compiled into a daemon, by event type. SQL handlers
+/// from `sluice.handlers` are used for types that have no Swift handler.
+public struct HandlerRegistry: Sendable {
+  public private(set) var handlers: [String: any EventHandler] = [:]
+
+  public init(_ handlers: [any EventHandler] = []) {
+    for handler in handlers { register(handler) }
+  }
+
+  public mutating func register(_ handler: any EventHandler) {
+    precondition(handlers[handler.eventType] == nil, "two handlers for event type \(handler.eventType)")
+    handlers[handler.eventType] = handler
+  }
+
+  /// The handler for a type: the Swift one if registered, else the SQL function named by the policy.
+  public func handler(for type: String, sqlFunction: String?) -> (any EventHandler)? {
+    if let handler = handlers[type] { return handler }
+    return sqlFunction.map { SQLFunctionHandler(eventType: type, function: $0) }
+  }
+}
+
+extension Event {
+  /// The `payload` column parsed as a JSON object, when the source has one.
+  public var payload: [String: JSONValue]? {
+    guard case .json(let text) = row["payload"] ?? .null, case .object(let object) = JSONValue.parse(text) else {
+      return nil
+    }
+    return object
+  }
+}

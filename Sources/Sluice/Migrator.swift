@@ -1,0 +1,67 @@
+public import SluicePostgres
+import SluiceSchema
+
+/// Installs and checks Sluice's schema (`sql/NNN_*.sql`).
+public enum Migrator {
+  /// The configuration tables, published so that the daemon sees their changes in stream order.
+  static let publishedTables = ["sluice.sources", "sluice.permission_rules", "sluice.actor_roles", "sluice.handlers"]
+
+  /// Applies every migration not yet applied, each in its own transaction,
+  /// and creates the publication. Returns the names applied (empty: nothing to do).
+  @discardableResult
+  public static func migrate(_ connection: PGConnection, publication: String) throws -> [String] {
+    // One migrator at a time, whoever else runs `sluice migrate`.
+    try connection.query("SELECT pg_advisory_lock(hashtext('sluice.migrate'))")
+    defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext('sluice.migrate'))") }
+    try connection.simpleQuery(
+      """
+      CREATE SCHEMA IF NOT EXISTS sluice;
+      CREATE TABLE IF NOT EXISTS sluice.schema_migrations (
+        version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+      """)
+    let applied = Set(try connection.query("SELECT version FROM sluice.schema_migrations").rows.compactMap { $0[0] })
+    var done: [String] = []
+    for migration in SchemaMigrations.all where !applied.contains(String(migration.version)) {
+      try connection.simpleQuery("BEGIN")
+      do {
+        try connection.simpleQuery(migration.sql)
+        try connection.query(
+          "INSERT INTO sluice.schema_migrations (version, name) VALUES ($1, $2)",
+          [String(migration.version), migration.name])
+        try connection.simpleQuery("COMMIT")
+      } catch {
+        _ = try? connection.simpleQuery("ROLLBACK")
+        throw error
+      }
+      done.append(migration.name)
+    }
+    try ensurePublication(connection, publication)
+    return done
+  }
+
+  /// Creates the publication with the configuration tables if it is missing,
+  /// and adds any configuration table it lacks.
+  public static func ensurePublication(_ connection: PGConnection, _ publication: String) throws {
+    let exists = try connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication])
+    let name = PGConnection.quoteIdentifier(publication)
+    if exists.rows.isEmpty {
+      try connection.query("CREATE PUBLICATION \(name) FOR TABLE \(publishedTables.joined(separator: ", "))")
+      return
+    }
+    let members = Set(
+      try connection.query(
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", [publication]
+      ).rows.compactMap { $0[0] })
+    for table in publishedTables where !members.contains(table) {
+      try connection.query("ALTER PUBLICATION \(name) ADD TABLE \(table)")
+    }
+  }
+
+  /// Versions the binary knows but the database lacks.
+  public static func pending(_ connection: PGConnection) throws -> [String] {
+    let exists = try connection.query("SELECT to_regclass('sluice.schema_migrations') IS NOT NULL").scalar == "t"
+    guard exists else { return SchemaMigrations.all.map(\.name) }
+    let applied = Set(try connection.query("SELECT version FROM sluice.schema_migrations").rows.compactMap { $0[0] })
+    return SchemaMigrations.all.filter { !applied.contains(String($0.version)) }.map(\.name)
+  }
+}

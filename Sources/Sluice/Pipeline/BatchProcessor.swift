@@ -1,0 +1,324 @@
+import Foundation
+import Logging
+public import SluiceCore
+public import SluicePostgres
+
+/// The ledger's statuses (SPEC section 2).
+public enum EventStatus: String, Sendable, CaseIterable {
+  case applied, rejected, denied, duplicate, dead
+}
+
+/// The handling stage: turns stream items into events and applies a batch of
+/// them in one transaction with their ledger rows: replayed events are
+/// skipped, the policy as of each event's WAL position decides, dedupe keys
+/// are honoured, each handler runs under its own savepoint.
+public final class BatchProcessor {
+  struct Planned {
+    var event: Event
+    var decision: Decision
+  }
+
+  enum Decision {
+    case malformed(String)
+    case denied(String)
+    case allowed
+  }
+
+  struct LedgerRow {
+    var event: Event
+    var status: EventStatus
+    var reason: String?
+    var attempts: Int
+  }
+
+  struct OpenTransaction {
+    var xid: UInt32
+    var commitLSN: LSN
+    var commitTime: PostgresTimestamp
+  }
+
+  let connection: PGConnection
+  let registry: HandlerRegistry
+  let maxAttempts: Int
+  let slot: String
+  let logger: Logger
+  /// Base of the handler retry backoff (doubles per attempt, capped at 5 s).
+  var retryBaseMilliseconds = 100
+  /// The policy as of the last committed batch.
+  public private(set) var policy: Policy
+  private var open: OpenTransaction?
+  public private(set) var counts: [EventStatus: Int] = [:]
+  public private(set) var ignoredChanges = 0
+  /// Called after each committed batch with the ledger rows it wrote.
+  var onCommitted: (([LedgerRow]) -> Void)?
+
+  public init(
+    connection: PGConnection, registry: HandlerRegistry, policy: Policy, maxAttempts: Int, slot: String,
+    logger: Logger
+  ) {
+    self.connection = connection
+    self.registry = registry
+    self.policy = policy
+    self.maxAttempts = maxAttempts
+    self.slot = slot
+    self.logger = logger
+  }
+
+  /// Applies `items` in one transaction. Returns the end LSN of the last
+  /// source transaction the batch completed (nil if it ended none). On error
+  /// nothing is committed and the processor is as it was before the call.
+  @discardableResult
+  public func process(_ items: [StreamItem]) throws -> LSN? {
+    var working = policy
+    var transaction = open
+    var planned: [Planned] = []
+    var mirror: [Policy.Change] = []
+    var completed: LSN?
+    var ignored = 0
+    for item in items {
+      switch item {
+      case .begin(let xid, let commitLSN, let commitTime):
+        transaction = OpenTransaction(xid: xid, commitLSN: commitLSN, commitTime: commitTime)
+      case .commit(let endLSN, _, _):
+        transaction = nil
+        completed = endLSN
+      case .configChange(let change):
+        working.apply(change)
+        mirror.append(change)
+      case .ignored:
+        ignored += 1
+      case .insert(let relation, let row, let lsn):
+        guard let source = working.sources[relation] else {
+          ignored += 1
+          continue
+        }
+        planned.append(
+          plan(
+            source, row, working, commitLSN: transaction?.commitLSN, committedAt: transaction?.commitTime,
+            xid: transaction?.xid, position: lsn))
+      }
+    }
+    if !planned.isEmpty || !mirror.isEmpty {
+      try inTransaction {
+        let rows = try apply(planned, working)
+        try writeMirror(mirror)
+        try writeLedger(rows)
+        if let completed {
+          try connection.query(
+            """
+            INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, updated_at) VALUES ($1, true, $2, now())
+            ON CONFLICT (slot) DO UPDATE SET processed_lsn = EXCLUDED.processed_lsn, updated_at = now()
+            """, [slot, completed.description])
+        }
+        return rows
+      }
+    }
+    policy = working
+    open = transaction
+    ignoredChanges += ignored
+    return completed
+  }
+
+  /// Processes rows read outside the stream (backfill): no commit LSN.
+  func processRows(_ rows: [(relation: String, row: Row)]) throws {
+    try process(rows.map { .insert(relation: $0.relation, row: $0.row, lsn: .zero) })
+  }
+
+  func plan(
+    _ source: SourceMapping, _ row: Row, _ policy: Policy, commitLSN: LSN?, committedAt: PostgresTimestamp?,
+    xid: UInt32?, position: LSN?
+  ) -> Planned {
+    let (event, malformed) = source.event(
+      from: row, commitLSN: commitLSN, committedAt: committedAt, xid: xid, position: position)
+    if let malformed { return Planned(event: event, decision: .malformed(malformed)) }
+    switch policy.evaluate(event) {
+    case .allow: return Planned(event: event, decision: .allowed)
+    case .deny(let reason): return Planned(event: event, decision: .denied(reason))
+    }
+  }
+
+  private func inTransaction(_ body: () throws -> [LedgerRow]) throws {
+    try connection.simpleQuery("BEGIN")
+    let rows: [LedgerRow]
+    do {
+      rows = try body()
+      try connection.simpleQuery("COMMIT")
+    } catch {
+      if connection.isHealthy { _ = try? connection.simpleQuery("ROLLBACK") }
+      throw error
+    }
+    for row in rows { counts[row.status, default: 0] += 1 }
+    onCommitted?(rows)
+  }
+
+  /// Decides every planned event's ledger row, running handlers for the allowed ones.
+  private func apply(_ planned: [Planned], _ policy: Policy) throws -> [LedgerRow] {
+    guard !planned.isEmpty else { return [] }
+    let seen = try alreadyInLedger(planned.map(\.event))
+    let fresh = planned.filter { !seen.contains(LedgerKey($0.event)) }
+    var owners = try dedupeOwners(
+      fresh.filter { if case .allowed = $0.decision { $0.event.dedupeKey != nil } else { false } }.map(\.event))
+    var rows: [LedgerRow] = []
+    rows.reserveCapacity(fresh.count)
+    var inBatch = Set<LedgerKey>()
+    for item in fresh {
+      let event = item.event
+      // The same row twice in one batch (a replayed stretch): once is enough.
+      guard inBatch.insert(LedgerKey(event)).inserted else { continue }
+      switch item.decision {
+      case .malformed(let reason):
+        rows.append(LedgerRow(event: event, status: .rejected, reason: reason, attempts: 0))
+      case .denied(let reason):
+        rows.append(LedgerRow(event: event, status: .denied, reason: reason, attempts: 0))
+      case .allowed:
+        if let key = event.dedupeKey {
+          let dedupe = DedupeKey(type: event.type, actor: event.actor ?? "", key: key)
+          if let owner = owners[dedupe] {
+            rows.append(
+              LedgerRow(
+                event: event, status: .duplicate, reason: "dedupe key '\(key)' already used by event \(owner)",
+                attempts: 0))
+            continue
+          }
+          owners[dedupe] = "\(event.source)/\(event.id)"
+        }
+        let handler = registry.handler(for: event.type, sqlFunction: policy.handlers[event.type])
+        rows.append(try run(handler, event))
+      }
+    }
+    return rows
+  }
+
+  /// Runs a handler with retries; connection loss aborts the whole batch.
+  func run(_ handler: (any EventHandler)?, _ event: Event) throws -> LedgerRow {
+    guard let handler else {
+      return LedgerRow(event: event, status: .dead, reason: "no handler for \(event.type)", attempts: 0)
+    }
+    var backoff = Backoff(baseMilliseconds: retryBaseMilliseconds, capMilliseconds: 5000)
+    var lastError = ""
+    for attempt in 1...maxAttempts {
+      let context = HandlerContext(connection: connection)
+      do {
+        switch try handler.handle(event, in: context) {
+        case .applied:
+          try context.commit()
+          return LedgerRow(event: event, status: .applied, reason: nil, attempts: attempt)
+        case .rejected(let reason):
+          try context.rollback()
+          return LedgerRow(event: event, status: .rejected, reason: reason, attempts: attempt)
+        }
+      } catch let error as PostgresError where error.sqlState == "SL001" {
+        try context.rollback()
+        return LedgerRow(event: event, status: .rejected, reason: error.message, attempts: attempt)
+      } catch {
+        guard connection.isHealthy else { throw error }
+        try context.rollback()
+        lastError = "\(error)"
+        logger.warning(
+          "handler failed",
+          metadata: [
+            "event_type": "\(event.type)", "event_id": "\(event.id)", "attempt": "\(attempt)", "error": "\(error)",
+          ])
+        if attempt < maxAttempts {
+          usleep(UInt32(backoff.next(unit: Double.random(in: 0.5..<1))) * 1000)
+        }
+      }
+    }
+    return LedgerRow(event: event, status: .dead, reason: lastError, attempts: maxAttempts)
+  }
+
+  struct LedgerKey: Hashable {
+    var source: String
+    var id: String
+    init(_ event: Event) {
+      source = event.source
+      id = event.id
+    }
+    init(source: String, id: String) {
+      self.source = source
+      self.id = id
+    }
+  }
+
+  struct DedupeKey: Hashable {
+    var type: String
+    var actor: String
+    var key: String
+  }
+
+  /// Events already in the ledger: replays after a crash, skipped silently.
+  private func alreadyInLedger(_ events: [Event]) throws -> Set<LedgerKey> {
+    let result = try connection.query(
+      """
+      SELECT l.source, l.event_id FROM sluice.event_log l
+      JOIN unnest($1::text[], $2::text[]) AS k(source, event_id) USING (source, event_id)
+      """, [PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id))])
+    return Set(result.rows.map { LedgerKey(source: $0[0] ?? "", id: $0[1] ?? "") })
+  }
+
+  /// Which of these (type, actor, dedupe key) an earlier allowed event owns.
+  private func dedupeOwners(_ events: [Event]) throws -> [DedupeKey: String] {
+    guard !events.isEmpty else { return [:] }
+    let result = try connection.query(
+      """
+      SELECT l.event_type, l.actor, l.dedupe_key, l.source || '/' || l.event_id FROM sluice.event_log l
+      JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(event_type, actor, dedupe_key)
+        USING (event_type, actor, dedupe_key)
+      WHERE l.status IN ('applied', 'rejected', 'dead')
+      """,
+      [
+        PGArray.literal(events.map(\.type)), PGArray.literal(events.map { $0.actor ?? "" }),
+        PGArray.literal(events.map(\.dedupeKey)),
+      ])
+    var owners: [DedupeKey: String] = [:]
+    for row in result.rows {
+      owners[DedupeKey(type: row[0] ?? "", actor: row[1] ?? "", key: row[2] ?? "")] = row[3] ?? ""
+    }
+    return owners
+  }
+
+  /// All ledger rows of the batch in one statement.
+  private func writeLedger(_ rows: [LedgerRow]) throws {
+    guard !rows.isEmpty else { return }
+    try connection.query(
+      """
+      INSERT INTO sluice.event_log
+        (source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at)
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                           $8::int[], $9::pg_lsn[], $10::timestamptz[])
+      """,
+      [
+        PGArray.literal(rows.map(\.event.source)), PGArray.literal(rows.map(\.event.id)),
+        PGArray.literal(rows.map(\.event.type)), PGArray.literal(rows.map(\.event.actor)),
+        PGArray.literal(rows.map(\.event.dedupeKey)), PGArray.literal(rows.map(\.status.rawValue)),
+        PGArray.literal(rows.map(\.reason)), PGArray.literal(rows.map { String($0.attempts) }),
+        PGArray.literal(rows.map { $0.event.commitLSN?.description }),
+        PGArray.literal(rows.map { $0.event.committedAt.map(PostgresTime.iso8601) }),
+      ])
+  }
+
+  /// Keeps `sluice.policy_mirror` equal to the policy being committed.
+  private func writeMirror(_ changes: [Policy.Change]) throws {
+    for change in changes {
+      try connection.query(Self.mirrorStatement(change).sql, Self.mirrorStatement(change).parameters)
+    }
+  }
+
+  static func mirrorStatement(_ change: Policy.Change) -> (sql: String, parameters: [String?]) {
+    switch change {
+    case .upsert(let table, let key, let row):
+      var writer = JSONWriter()
+      writer.object(row.sorted { $0.key < $1.key }.map { ($0.key, $0.value.map(ColumnValue.text) ?? .null) })
+      return (
+        """
+        INSERT INTO sluice.policy_mirror (table_name, key, row) VALUES ($1, $2, $3::jsonb)
+        ON CONFLICT (table_name, key) DO UPDATE SET row = EXCLUDED.row
+        """, [table.rawValue, key, String(decoding: writer.bytes, as: UTF8.self)]
+      )
+    case .delete(let table, let key):
+      return ("DELETE FROM sluice.policy_mirror WHERE table_name = $1 AND key = $2", [table.rawValue, key])
+    case .truncate(let table):
+      return ("DELETE FROM sluice.policy_mirror WHERE table_name = $1", [table.rawValue])
+    }
+  }
+}

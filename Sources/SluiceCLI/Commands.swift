@@ -1,0 +1,228 @@
+import ArgumentParser
+import Glibc
+import Logging
+public import Sluice
+import SluiceCore
+import Synchronization
+
+/// The `sluice` command line, for any set of Swift handlers. A daemon of
+/// your own is `SluiceCLI.main(handlers: [MyHandler()])`.
+public enum SluiceCLI {
+  static let registry = Mutex(HandlerRegistry())
+
+  /// Parses the arguments and runs the command with these handlers compiled in.
+  public static func main(handlers: [any EventHandler]) -> Never {
+    registry.withLock { $0 = HandlerRegistry(handlers) }
+    SluiceCommand.main()
+    exit(0)
+  }
+
+  static var handlers: HandlerRegistry { registry.withLock { $0 } }
+}
+
+struct SluiceCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "sluice",
+    abstract: "Turns rows untrusted clients write into Postgres into trusted, exactly-once server-side effects.",
+    discussion: "Configured by SLUICE_* environment variables (see systemd/sluice.env.example).",
+    version: SluiceVersion.current,
+    subcommands: [
+      RunCommand.self, MigrateCommand.self, DeadLetterCommand.self, BackfillCommand.self, TailCommand.self,
+    ]
+  )
+}
+
+/// Reads the configuration or exits 78 (EX_CONFIG) with one line naming the variable.
+func loadConfiguration() -> Configuration {
+  do {
+    let configuration = try Configuration(environment: ProcessEnvironment.current)
+    SluiceLogHandler.bootstrap(level: configuration.logLevel, format: configuration.logFormat)
+    return configuration
+  } catch {
+    printError("sluice: \(error)")
+    exit(78)
+  }
+}
+
+/// Runs `body`, printing a failure as one line and exiting 1.
+func reportingFailure<T>(_ command: String, _ body: () throws -> T) throws -> T {
+  do {
+    return try body()
+  } catch {
+    printError("sluice \(command): \(error)")
+    throw ExitCode(1)
+  }
+}
+
+struct RunCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "run",
+    abstract: "The daemon: stream the slot, check permissions, run handlers, acknowledge.",
+    discussion: """
+      Creates the slot and publication if missing; a new slot is first backfilled with the source rows \
+      that predate it. SIGTERM or SIGINT finishes the batch in flight, acknowledges it and exits 0.
+      """)
+
+  func run() throws {
+    let config = loadConfiguration()
+    StopSignal.installProcessHandlers()
+    let logger = Logger(label: "sluice")
+    logger.info(
+      "starting",
+      metadata: [
+        "database": "\(config.redactedDatabaseURL)", "slot": "\(config.slot)", "version": "\(SluiceVersion.current)",
+      ])
+    let daemon = Daemon(configuration: config, registry: SluiceCLI.handlers, logger: logger, stop: .process)
+    try reportingFailure("run") { try daemon.run() }
+  }
+}
+
+struct MigrateCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "migrate", abstract: "Install or upgrade Sluice's schema and publication (a no-op when current).")
+
+  func run() throws {
+    let config = loadConfiguration()
+    let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+    let applied = try reportingFailure("migrate") { try operations.migrate() }
+    print(applied.isEmpty ? "schema is up to date" : "applied \(applied.joined(separator: ", "))")
+  }
+}
+
+struct BackfillCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "backfill",
+    abstract: "Process rows of a source that the ledger has not seen, in id order, by the same rules.")
+
+  @Argument(help: "The source table, schema.table.")
+  var relation: String
+
+  func run() throws {
+    let config = loadConfiguration()
+    StopSignal.installProcessHandlers()
+    let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+    let count = try reportingFailure("backfill") { try operations.backfill(relation: relation, stop: .process) }
+    print("processed \(count) rows of \(relation)")
+  }
+}
+
+struct DeadLetterCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "dlq", abstract: "Dead events: list, retry, discard.",
+    subcommands: [List.self, Retry.self, Discard.self])
+
+  struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List dead events.")
+    @Flag(help: "One JSON object per line.") var json = false
+
+    func run() throws {
+      let config = loadConfiguration()
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+      let dead = try reportingFailure("dlq list") { try operations.deadEvents() }
+      if json {
+        for event in dead {
+          var writer = JSONWriter()
+          writer.object([
+            ("source", .text(event.source)), ("event_id", .text(event.eventID)),
+            ("event_type", event.eventType.map(ColumnValue.text) ?? .null),
+            ("actor", event.actor.map(ColumnValue.text) ?? .null), ("attempts", .int(Int64(event.attempts))),
+            ("reason", event.reason.map(ColumnValue.text) ?? .null),
+            ("processed_at", event.processedAt.map(ColumnValue.text) ?? .null),
+          ])
+          print(String(decoding: writer.bytes, as: UTF8.self))
+        }
+      } else if dead.isEmpty {
+        print("no dead events")
+      } else {
+        for event in dead {
+          print(
+            "\(event.source)\t\(event.eventID)\t\(event.eventType ?? "")\t\(event.actor ?? "")\tattempts=\(event.attempts)\t\(event.reason ?? "")"
+          )
+        }
+      }
+    }
+  }
+
+  struct Retry: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Run a dead event's handler again (e.g. after deploying the missing handler).")
+    @Argument(help: "The event id.") var id: String?
+    @Flag(help: "Retry every dead event.") var all = false
+    @Option(help: "The source, when the id is not unique.") var source: String?
+
+    func validate() throws {
+      if (id == nil) == !all { throw ValidationError("give an event id or --all") }
+    }
+
+    func run() throws {
+      let config = loadConfiguration()
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+      let results = try reportingFailure("dlq retry") { try operations.retryDead(id: id, source: source) }
+      for (event, status, reason) in results {
+        print("\(event.source)/\(event.eventID): \(status.rawValue)\(reason.map { " (\($0))" } ?? "")")
+      }
+      if results.isEmpty { print("no dead events") }
+      if results.contains(where: { $0.1 == .dead }) { throw ExitCode(1) }
+    }
+  }
+
+  struct Discard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Give up on a dead event: it becomes `rejected`, its reason kept.")
+    @Argument(help: "The event id.") var id: String
+    @Option(help: "The source, when the id is not unique.") var source: String?
+
+    func run() throws {
+      let config = loadConfiguration()
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+      let count = try reportingFailure("dlq discard") { try operations.discardDead(id: id, source: source) }
+      guard count > 0 else {
+        printError("sluice dlq discard: no dead event with id \(id)")
+        throw ExitCode(1)
+      }
+      print("discarded \(count) event(s)")
+    }
+  }
+}
+
+struct TailCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "tail",
+    abstract: "Print every decoded change as one JSON line: pg_recvlogical, but readable.",
+    discussion: """
+      Uses a temporary slot unless --slot is given. A named slot is created if missing and its \
+      position is acknowledged after each printed transaction, so a restarted tail continues \
+      where it stopped. The publication (SLUICE_PUBLICATION) is created if missing: for --tables \
+      if given, else FOR ALL TABLES.
+      """)
+
+  @Option(name: .long, help: "Stream from this named slot (created if missing) and acknowledge what was printed.")
+  var slot: String?
+
+  @Flag(name: .long, help: "Use a temporary slot (the default).")
+  var temporary = false
+
+  @Option(name: .long, help: "Comma-separated schema.table names to print (default: all in the publication).")
+  var tables: String?
+
+  func validate() throws {
+    if slot != nil && temporary { throw ValidationError("--slot and --temporary exclude each other") }
+    if let slot, !Configuration.isIdentifier(slot) {
+      throw ValidationError("--slot must be 1-63 characters of a-z, 0-9 and _")
+    }
+  }
+
+  func run() throws {
+    let config = loadConfiguration()
+    StopSignal.installProcessHandlers()
+    let output = FileOutput.standardOutput
+    let tableList = tables.map {
+      $0.split(separator: ",").map { $0.filter { $0 != " " } }.filter { !$0.isEmpty }
+    }
+    let tail = Tail(
+      options: TailOptions(
+        conninfo: config.databaseURL, slot: slot, publication: config.publication, tables: tableList),
+      logger: Logger(label: "sluice.tail"), stop: .process, write: output.write, flush: output.flush)
+    try reportingFailure("tail") { try tail.run() }
+  }
+}

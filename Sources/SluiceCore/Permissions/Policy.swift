@@ -1,0 +1,129 @@
+/// The daemon's configuration tables as of one position in the WAL:
+/// sources, permission rules, actor roles, SQL handlers. It changes only by
+/// `apply`, in stream order, so every event is judged by the state committed
+/// before it (and by changes earlier in its own transaction).
+public struct Policy: Sendable, Equatable {
+  public enum Table: String, Sendable, CaseIterable {
+    case sources, permissionRules = "permission_rules", actorRoles = "actor_roles", handlers
+    /// `sluice.<table>`, as the stream names it.
+    public var relation: String { "sluice." + rawValue }
+    /// The primary key column.
+    public var keyColumn: String {
+      switch self {
+      case .sources: "relation"
+      case .permissionRules, .actorRoles: "id"
+      case .handlers: "event_type"
+      }
+    }
+    public init?(relation: String) {
+      guard relation.hasPrefix("sluice.") else { return nil }
+      self.init(rawValue: String(relation.dropFirst(7)))
+    }
+  }
+
+  /// A row change of one configuration table, with text values.
+  public enum Change: Sendable, Equatable {
+    case upsert(Table, key: String, row: [String: String?])
+    case delete(Table, key: String)
+    case truncate(Table)
+  }
+
+  public struct Rule: Sendable, Equatable {
+    public var eventType: String
+    public var role: String
+  }
+
+  public struct Grant: Sendable, Equatable {
+    public var actor: String
+    public var role: String
+    public var scope: String?
+  }
+
+  public private(set) var sources: [String: SourceMapping] = [:]
+  public private(set) var rules: [String: Rule] = [:]
+  public private(set) var grants: [String: Grant] = [:]
+  /// actor → grant ids, so evaluation does not scan every grant.
+  private var grantsByActor: [String: Set<String>] = [:]
+  public private(set) var handlers: [String: String] = [:]
+
+  public init() {}
+
+  public mutating func apply(_ change: Change) {
+    switch change {
+    case .truncate(let table):
+      switch table {
+      case .sources: sources.removeAll()
+      case .permissionRules: rules.removeAll()
+      case .actorRoles:
+        grants.removeAll()
+        grantsByActor.removeAll()
+      case .handlers: handlers.removeAll()
+      }
+    case .delete(let table, let key):
+      remove(table, key)
+    case .upsert(let table, let key, let row):
+      remove(table, key)
+      func text(_ column: String) -> String? { row[column] ?? nil }
+      switch table {
+      case .sources:
+        guard let actor = text("actor_column") else { return }
+        sources[key] = SourceMapping(
+          relation: key, eventTypeColumn: text("event_type_column"), eventType: text("event_type"),
+          idColumn: text("id_column") ?? "id", actorColumn: actor, dedupeColumn: text("dedupe_column"),
+          scopeColumn: text("scope_column"))
+      case .permissionRules:
+        guard let type = text("event_type"), let role = text("role") else { return }
+        rules[key] = Rule(eventType: type, role: role)
+      case .actorRoles:
+        guard let actor = text("actor"), let role = text("role") else { return }
+        grants[key] = Grant(actor: actor, role: role, scope: text("scope"))
+        grantsByActor[actor, default: []].insert(key)
+      case .handlers:
+        guard let function = text("function") else { return }
+        handlers[key] = function
+      }
+    }
+  }
+
+  private mutating func remove(_ table: Table, _ key: String) {
+    switch table {
+    case .sources: sources[key] = nil
+    case .permissionRules: rules[key] = nil
+    case .actorRoles:
+      if let old = grants.removeValue(forKey: key) {
+        grantsByActor[old.actor]?.remove(key)
+        if grantsByActor[old.actor]?.isEmpty == true { grantsByActor[old.actor] = nil }
+      }
+    case .handlers: handlers[key] = nil
+    }
+  }
+
+  /// Deny by default. Allowed iff a rule for the type (or '*') names the
+  /// role 'anyone', or a role the actor holds globally or in the event's scope.
+  public func evaluate(type: String, actor: String?, scope: String?) -> Verdict {
+    guard let actor, !actor.isEmpty else {
+      return .deny("event type '\(type)' denied: the actor is empty")
+    }
+    let roles = Set(rules.values.lazy.filter { $0.eventType == type || $0.eventType == "*" }.map(\.role))
+    if roles.isEmpty {
+      return .deny("event type '\(type)' denied for actor '\(actor)': no permission rule allows this type")
+    }
+    if roles.contains("anyone") { return .allow }
+    for id in grantsByActor[actor] ?? [] {
+      guard let grant = grants[id], roles.contains(grant.role) else { continue }
+      if grant.scope == nil || grant.scope == scope { return .allow }
+    }
+    let needed = roles.sorted().joined(separator: ", ")
+    let scoped = scope.map { " in scope '\($0)'" } ?? ""
+    return .deny("event type '\(type)' denied for actor '\(actor)': needs role \(needed)\(scoped)")
+  }
+
+  public func evaluate(_ event: Event) -> Verdict {
+    evaluate(type: event.type, actor: event.actor, scope: event.scope)
+  }
+}
+
+public enum Verdict: Sendable, Equatable {
+  case allow
+  case deny(String)
+}

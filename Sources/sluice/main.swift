@@ -1,0 +1,4 @@
+import SluiceCLI
+
+// The plain daemon: SQL handlers only (rows of sluice.handlers).
+SluiceCLI.main(handlers: [])

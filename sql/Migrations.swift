@@ -1,0 +1,17 @@
+// The numbered SQL files beside this one, embedded in the binary so that
+// `sluice migrate` needs no files at run time. To add a migration: add
+// `NNN_name.sql` here, list it in Package.swift's SluiceSchema resources,
+// and append it below.
+
+/// A schema migration: applied once, in order, recorded in `sluice.schema_migrations`.
+public struct Migration: Sendable {
+  public var version: Int
+  public var name: String
+  public var sql: String
+}
+
+public enum SchemaMigrations {
+  public static let all: [Migration] = [
+    Migration(version: 1, name: "001_schema", sql: String(decoding: PackageResources._01_schema_sql, as: UTF8.self))
+  ]
+}
