@@ -64,9 +64,15 @@ public final class Daemon {
     defer { stream.close() }
     let slot = configuration.slot
     let slotRow = try sql.query(
-      "SELECT confirmed_flush_lsn::text, plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+      "SELECT confirmed_flush_lsn::text, plugin, database, database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
       [slot]
     ).rows.first
+    if let slotRow, slotRow[3] != "t" {
+      // Slot names are unique in the whole cluster, not per database.
+      throw StartupError(
+        "replication slot \(slot) belongs to database \(slotRow[2] ?? "?"): set SLUICE_SLOT to another name for this database"
+      )
+    }
     var start: LSN
     let processor: BatchProcessor
     let mirrorReady = try policy != nil || PolicyStore.isMirrorReady(sql, slot: slot)

@@ -36,5 +36,12 @@ public final class StopSignal: Sendable {
     signal(SIGTERM, handler)
     signal(SIGINT, handler)
     signal(SIGPIPE, SIG_IGN)
+    // A parent may hand us a mask with these blocked (a test runner's thread
+    // did): unblock them before any thread starts, so that every thread inherits it.
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, SIGTERM)
+    sigaddset(&set, SIGINT)
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
   }
 }

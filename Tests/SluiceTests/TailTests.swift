@@ -36,7 +36,7 @@ import Testing
       DELETE FROM every_type WHERE id = 1;
       TRUNCATE every_type;
       """)
-    #expect(eventually(20, "4 changes") { tail.outputLines.count >= 6 })
+    #expect(try eventually(20, "4 changes") { tail.outputLines.count >= 6 })
     tail.signal(SIGTERM)
     #expect(tail.waitForExit() == 0)
     let objects = jsonObjects(tail.outputLines)
@@ -82,7 +82,7 @@ import Testing
     let tail = try startTail(db, ["--temporary"])
     let baseline = tail.peakRSS ?? 0
     try db.sql("INSERT INTO big SELECT g, repeat('x', 100) || g FROM generate_series(1, 100000) g")
-    #expect(eventually(120, "100k rows: \(tail.outputLineCount) lines") { tail.outputLineCount >= 100_002 })
+    #expect(try eventually(120, "100k rows: \(tail.outputLineCount) lines") { tail.outputLineCount >= 100_002 })
     let peak = tail.peakRSS ?? Int.max
     tail.signal(SIGTERM)
     #expect(tail.waitForExit() == 0)
@@ -109,7 +109,7 @@ import Testing
         next += 10
       }
       let count = expected.count
-      #expect(eventually(20, "round \(round)") { insertedIDs(tail).count >= count })
+      #expect(try eventually(20, "round \(round)") { insertedIDs(tail).count >= count })
       let terminated = try db.scalar(
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'tail_reconnect' AND active_pid IS NOT NULL"
       )
@@ -119,7 +119,7 @@ import Testing
       next += 10
     }
     let total = expected.count
-    #expect(eventually(30, "all rows after reconnects") { insertedIDs(tail).count >= total })
+    #expect(try eventually(30, "all rows after reconnects") { insertedIDs(tail).count >= total })
     tail.signal(SIGTERM)
     #expect(tail.waitForExit() == 0)
     let seen = insertedIDs(tail)
@@ -132,13 +132,13 @@ import Testing
     try db.sql("CREATE TABLE items (id int4 PRIMARY KEY)")
     let first = try startTail(db, ["--slot", "tail_resume"])
     try db.sql("INSERT INTO items VALUES (1), (2)")
-    #expect(eventually { insertedIDs(first) == [1, 2] })
+    #expect(try eventually { insertedIDs(first) == [1, 2] })
     first.signal(SIGTERM)
     #expect(first.waitForExit() == 0)
     try db.sql("INSERT INTO items VALUES (3)")
     let second = try startTail(db, ["--slot", "tail_resume"])
     try db.sql("INSERT INTO items VALUES (4)")
-    #expect(eventually { insertedIDs(second) == [3, 4] })
+    #expect(try eventually { insertedIDs(second) == [3, 4] })
     second.signal(SIGINT)
     #expect(second.waitForExit() == 0)
     #expect(insertedIDs(second) == [3, 4], "nothing printed twice across restarts")

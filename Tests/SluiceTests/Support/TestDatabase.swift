@@ -50,9 +50,12 @@ struct SetupError: Error, CustomStringConvertible {
 final class TestDatabase: @unchecked Sendable {
   let url: String
   let connection: PGConnection
+  /// A replication slot name of this database's own (slot names are cluster-wide).
+  let slot: String
 
   init(_ label: String) throws {
     url = try TestCluster.createDatabase(label)
+    slot = String(url.split(separator: "/").last ?? "sluice")
     connection = try PGConnection(conninfo: url)
   }
 
