@@ -11,6 +11,7 @@ let package = Package(
   platforms: [.macOS(.v15)],
   products: [
     .executable(name: "sluice", targets: ["sluice"]),
+    .executable(name: "sluice-examples", targets: ["sluice-examples"]),
     .library(name: "Sluice", targets: ["Sluice"]),
     .library(name: "SluiceCore", targets: ["SluiceCore"]),
     .library(name: "SluiceCLI", targets: ["SluiceCLI"]),
@@ -60,10 +61,14 @@ let package = Package(
       swiftSettings: upcoming
     ),
     .executableTarget(name: "sluice", dependencies: ["SluiceCLI"], swiftSettings: upcoming),
+    // The examples of SPEC section 7 and the daemon that carries their Swift handlers.
+    .target(name: "SluiceExamples", dependencies: ["Sluice", "SluiceCore"], swiftSettings: upcoming),
+    .executableTarget(
+      name: "sluice-examples", dependencies: ["SluiceCLI", "SluiceExamples"], swiftSettings: upcoming),
     .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], swiftSettings: upcoming),
     .testTarget(
       name: "SluiceTests",
-      dependencies: ["Sluice", "SluicePostgres", "SluiceCore"],
+      dependencies: ["Sluice", "SluicePostgres", "SluiceCore", "SluiceExamples"],
       swiftSettings: upcoming
     ),
   ]

@@ -1,0 +1,3 @@
+// `import Sluice` is all a handler author needs: events, values, query results.
+@_exported public import SluiceCore
+@_exported public import SluicePostgres

@@ -1,0 +1,67 @@
+public import Sluice
+
+/// `award_xp`: payload `{"xp": n}`, n an integer from 1 to 10000. Adds n to
+/// the actor's XP (and records the award so that it can be undone).
+public struct AwardXP: EventHandler {
+  public let eventType = "award_xp"
+  public init() {}
+
+  public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    guard let payload = event.payload else { return .rejected("payload must be a JSON object") }
+    guard let xp = payload["xp"]?.integer, (1...10_000).contains(xp) else {
+      return .rejected("payload.xp must be an integer from 1 to 10000")
+    }
+    // One statement: record the award and add it to the total.
+    try context.execute(
+      """
+      WITH award AS (
+        INSERT INTO game.xp_awards (action_id, user_id, xp) VALUES ($1::uuid, $2, $3::int) RETURNING user_id, xp)
+      INSERT INTO game.user_xp (user_id, xp, level)
+      SELECT user_id, xp, 1 + xp / 1000 FROM award
+      ON CONFLICT (user_id) DO UPDATE
+        SET xp = game.user_xp.xp + EXCLUDED.xp, level = 1 + (game.user_xp.xp + EXCLUDED.xp) / 1000
+      """, [event.id, event.actor, String(xp)])
+    return .applied
+  }
+}
+
+/// `undo`: payload `{"action_id": "<uuid>"}`. Reverses an applied `award_xp`
+/// of the same actor, exactly once.
+public struct Undo: EventHandler {
+  public let eventType = "undo"
+  public init() {}
+
+  public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    guard let target = event.payload?["action_id"]?.string, Self.isUUID(target) else {
+      return .rejected("payload.action_id must be a uuid")
+    }
+    let undone = try context.query(
+      """
+      UPDATE game.xp_awards SET undone_by = $2::uuid
+      WHERE action_id = $1::uuid AND user_id = $3 AND undone_by IS NULL
+      RETURNING xp
+      """, [target, event.id, event.actor])
+    if let xp = undone.scalar {
+      try context.execute(
+        "UPDATE game.user_xp SET xp = xp - $2::int, level = 1 + (xp - $2::int) / 1000 WHERE user_id = $1",
+        [event.actor, xp])
+      return .applied
+    }
+    // Nothing to undo: say why.
+    let award = try context.query(
+      "SELECT user_id, undone_by FROM game.xp_awards WHERE action_id = $1::uuid", [target])
+    if let row = award.rows.first {
+      return .rejected(row[0] != event.actor ? "cannot undo another user's action" : "action already undone")
+    }
+    let action = try context.query("SELECT type FROM game.actions WHERE id = $1::uuid", [target])
+    guard let type = action.scalar else { return .rejected("unknown action \(target)") }
+    return .rejected(type == "award_xp" ? "action \(target) was not applied" : "only award_xp actions can be undone")
+  }
+
+  static func isUUID(_ text: String) -> Bool {
+    let hex = text.utf8.filter { $0 != UInt8(ascii: "-") }
+    return text.utf8.count == 36 && hex.count == 32
+      && hex.allSatisfy { (48...57).contains($0) || (97...102).contains($0) || (65...70).contains($0) }
+      && [8, 13, 18, 23].allSatisfy { Array(text.utf8)[$0] == UInt8(ascii: "-") }
+  }
+}

@@ -1,0 +1,198 @@
+import Foundation
+import Sluice
+import SluicePostgres
+import Testing
+
+/// The examples of SPEC section 7, run by `sluice-examples` against a real Postgres.
+@Suite(.serialized) struct ExamplesTests {
+  static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+  static func load(_ db: TestDatabase) throws {
+    try Migrator.migrate(db.connection, publication: "sluice")
+    for name in ["game", "shop"] {
+      let sql = try String(
+        contentsOf: repository.appendingPathComponent("sql/examples/\(name).sql"), encoding: .utf8)
+      try db.sql(sql)
+    }
+  }
+
+  func uuid(_ n: Int) -> String { String(format: "00000000-0000-4000-8000-%012d", n) }
+
+  func action(_ db: TestDatabase, _ n: Int, _ user: String, _ type: String, _ payload: String, dedupe: String? = nil)
+    throws
+  {
+    try db.sql(
+      "INSERT INTO game.actions (id, user_id, type, payload, dedupe_key) VALUES ($1, $2, $3, $4::jsonb, $5)",
+      [uuid(n), user, type, payload, dedupe])
+  }
+
+  func outcome(_ db: TestDatabase, _ n: Int) throws -> String {
+    let row = try db.sql("SELECT status, reason FROM sluice.event_log WHERE event_id = $1", [uuid(n)]).rows.first
+    return [row?[0], row?[1]].compactMap { $0 ?? nil }.joined(separator: ": ")
+  }
+
+  func waitForLedger(_ db: TestDatabase, _ count: Int) throws {
+    #expect(try eventually(30, "\(count) ledger rows") { try XPFixture.ledgerCount(db) >= count })
+  }
+
+  @Test func gameXPUndoAndHostilePayloads() throws {
+    let db = try TestDatabase("game")
+    try Self.load(db)
+    try db.sql(
+      "INSERT INTO sluice.actor_roles (actor, role) VALUES ('ann', 'player'), ('ben', 'player'), ('cat', 'player')")
+    let daemon = try startDaemon(db, binary: "sluice-examples")
+
+    // Three offline clients of three users sync concurrently: 3 × 40 awards of 1…40 XP.
+    let urls = Array(repeating: db.url, count: 3)
+    DispatchQueue.concurrentPerform(iterations: 3) { client in
+      guard let connection = try? PGConnection(conninfo: urls[client]) else { return }
+      defer { connection.close() }
+      let user = ["ann", "ben", "cat"][client]
+      for i in 1...40 {
+        _ = try? connection.query(
+          "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'award_xp', $3::jsonb)",
+          [String(format: "00000000-0000-4000-8000-%012d", 1000 * (client + 1) + i), user, "{\"xp\": \(i)}"])
+      }
+    }
+    try waitForLedger(db, 120)
+    // Sum of 1…40 = 820 each.
+    #expect(
+      try db.sql("SELECT user_id, xp, level FROM game.user_xp ORDER BY user_id").rows == [
+        ["ann", "820", "1"], ["ben", "820", "1"], ["cat", "820", "1"],
+      ])
+
+    // The same action synced from two devices counts once; level follows xp.
+    try action(db, 1, "ann", "award_xp", #"{"xp": 10000}"#, dedupe: "daily-bonus")
+    try action(db, 2, "ann", "award_xp", #"{"xp": 10000}"#, dedupe: "daily-bonus")
+    // Undo exactly once; a second undo is rejected; ben cannot undo ann's action.
+    try action(db, 3, "ben", "undo", "{\"action_id\": \"\(uuid(1))\"}")
+    try action(db, 4, "ann", "undo", "{\"action_id\": \"\(uuid(1))\"}")
+    try action(db, 5, "ann", "undo", "{\"action_id\": \"\(uuid(1))\"}")
+    // Undo of nothing, of itself, of an undo, of a rejected award.
+    try action(db, 6, "ann", "undo", "{\"action_id\": \"\(uuid(999))\"}")
+    try action(db, 7, "ann", "undo", "{\"action_id\": \"\(uuid(7))\"}")
+    try action(db, 8, "ann", "undo", "{\"action_id\": \"\(uuid(4))\"}")
+    // Hostile and malformed payloads: each rejected with a reason, no effect. (jsonb stores 1e3 as
+    // 1000, an integer by the time a handler sees it; 1.0 keeps its decimal point.)
+    let hostile = [
+      #"{"xp": "10"}"#, #"{"xp": 10.5}"#, #"{"xp": -5}"#, #"{"xp": 0}"#, #"{"xp": 10001}"#,
+      #"{"xp": 9223372036854775808}"#, #"{"xp": 1.0}"#, "{}", "[1, 2]", #""xp""#,
+      String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+    ]
+    for (index, payload) in hostile.enumerated() { try action(db, 100 + index, "ann", "award_xp", payload) }
+    try action(db, 9, "ann", "undo", "{\"action_id\": \"\(uuid(100))\"}")
+    try action(db, 10, "ann", "undo", #"{"action_id": "'; DROP TABLE game.user_xp; --"}"#)
+    // A user without the player role, an unknown type, an empty actor, SQL in the type.
+    try action(db, 11, "dan", "award_xp", #"{"xp": 50}"#)
+    try action(db, 12, "ann", "teleport", "{}")
+    try action(db, 13, "", "award_xp", #"{"xp": 50}"#)
+    try action(db, 14, "ann", "'; DROP TABLE sluice.event_log; --", "{}")
+    try waitForLedger(db, 120 + 14 + hostile.count)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
+
+    #expect(try outcome(db, 1) == "applied")
+    #expect(try outcome(db, 2).hasPrefix("duplicate"))
+    #expect(try outcome(db, 3) == "rejected: cannot undo another user's action")
+    #expect(try outcome(db, 4) == "applied")
+    #expect(try outcome(db, 5) == "rejected: action already undone")
+    #expect(try outcome(db, 6).hasPrefix("rejected: unknown action"))
+    #expect(try outcome(db, 7) == "rejected: only award_xp actions can be undone")
+    #expect(try outcome(db, 8) == "rejected: only award_xp actions can be undone")
+    #expect(try outcome(db, 9).hasPrefix("rejected: action \(uuid(100)) was not applied"))
+    #expect(try outcome(db, 10) == "rejected: payload.action_id must be a uuid")
+    for index in 0..<hostile.count {
+      let result = try outcome(db, 100 + index)
+      #expect(result.hasPrefix("rejected: payload"), "payload \(hostile[index]) → \(result)")
+    }
+    #expect(try outcome(db, 11) == "denied: event type 'award_xp' denied for actor 'dan': needs role player")
+    #expect(try outcome(db, 12).hasPrefix("denied: event type 'teleport' denied for actor 'ann'"))
+    #expect(try outcome(db, 13).hasPrefix("denied"))
+    #expect(try outcome(db, 14).hasPrefix("denied"))
+    // ann: 820 + 10000 − 10000 (undone); dan got nothing; the tables are intact.
+    #expect(
+      try db.sql("SELECT user_id, xp, level FROM game.user_xp ORDER BY user_id").rows == [
+        ["ann", "820", "1"], ["ben", "820", "1"], ["cat", "820", "1"],
+      ])
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead'") == "0")
+  }
+
+  @Test func levelFollowsXP() throws {
+    let db = try TestDatabase("level")
+    try Self.load(db)
+    try db.sql("INSERT INTO sluice.actor_roles (actor, role) VALUES ('eve', 'player')")
+    let daemon = try startDaemon(db, binary: "sluice-examples")
+    try action(db, 1, "eve", "award_xp", #"{"xp": 999}"#)
+    try waitForLedger(db, 1)
+    #expect(try db.sql("SELECT xp, level FROM game.user_xp").rows == [["999", "1"]])
+    try action(db, 2, "eve", "award_xp", #"{"xp": 1}"#)
+    try waitForLedger(db, 2)
+    #expect(try db.sql("SELECT xp, level FROM game.user_xp").rows == [["1000", "2"]])
+    try action(db, 3, "eve", "award_xp", #"{"xp": 2500}"#)
+    try action(db, 4, "eve", "undo", "{\"action_id\": \"\(uuid(2))\"}")
+    try waitForLedger(db, 4)
+    #expect(try db.sql("SELECT xp, level FROM game.user_xp").rows == [["3499", "4"]])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func shopOrdersRestocksAndStock() throws {
+    let db = try TestDatabase("shop")
+    try Self.load(db)
+    try db.sql(
+      """
+      INSERT INTO shop.products VALUES ('lamp', 'Desk lamp', 5, 2500), ('mug', 'Mug', 0, 900);
+      INSERT INTO sluice.actor_roles (actor, role) VALUES ('cus1', 'customer'), ('cus2', 'customer'), ('sam', 'staff');
+      """)
+    let daemon = try startDaemon(db, binary: "sluice-examples")
+    func order(_ n: Int, _ customer: String, _ product: String, _ quantity: Int) throws {
+      try db.sql(
+        "INSERT INTO shop.orders (id, customer_id, product_id, quantity) VALUES ($1, $2, $3, $4)",
+        [uuid(n), customer, product, String(quantity)])
+    }
+    func restock(_ n: Int, _ staff: String, _ product: String, _ quantity: Int) throws {
+      try db.sql(
+        "INSERT INTO shop.restocks (id, staff_id, product_id, quantity) VALUES ($1, $2, $3, $4)",
+        [uuid(n), staff, product, String(quantity)])
+    }
+    // Two customers oversell: 5 lamps in stock, 2 + 2 + 2 ordered.
+    try order(1, "cus1", "lamp", 2)
+    try order(2, "cus2", "lamp", 2)
+    try order(3, "cus1", "lamp", 2)
+    try order(4, "cus2", "mug", 1)
+    try order(5, "cus1", "ghost", 1)
+    try order(6, "cus1", "lamp", 0)
+    try order(7, "cus1", "lamp", 1001)
+    try order(8, "sam", "lamp", 1)  // staff is not a customer
+    try restock(20, "sam", "mug", 10)
+    try restock(21, "cus1", "mug", 10)  // a customer may not restock
+    try restock(22, "sam", "ghost", 10)
+    try restock(23, "sam", "mug", 0)
+    try restock(24, "sam", "mug", 1_000_001)
+    try order(9, "cus2", "mug", 3)
+    try waitForLedger(db, 14)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
+
+    func status(_ n: Int) throws -> [String?] {
+      try db.sql("SELECT status, reason FROM shop.order_status WHERE order_id = $1", [uuid(n)]).rows.first ?? []
+    }
+    #expect(try status(1) == ["placed", nil])
+    #expect(try status(2) == ["placed", nil])
+    #expect(try status(3) == ["declined", "out_of_stock"])
+    #expect(try status(4) == ["declined", "out_of_stock"])
+    #expect(try status(5) == ["declined", "unknown_product"])
+    #expect(try status(9) == ["placed", nil])
+    for n in [1, 2, 3, 4, 5, 9, 20] { #expect(try outcome(db, n) == "applied", "event \(n)") }
+    #expect(try outcome(db, 6) == "rejected: bad_quantity")
+    #expect(try outcome(db, 7) == "rejected: bad_quantity")
+    #expect(try status(6).isEmpty && status(7).isEmpty, "a rejected order writes nothing")
+    #expect(try outcome(db, 8).hasPrefix("denied"))
+    #expect(try outcome(db, 21).hasPrefix("denied: event type 'restock' denied for actor 'cus1'"))
+    #expect(try outcome(db, 22) == "rejected: unknown_product")
+    #expect(try outcome(db, 23) == "rejected: bad_quantity")
+    #expect(try outcome(db, 24) == "rejected: bad_quantity")
+    #expect(try db.sql("SELECT id, stock FROM shop.products ORDER BY id").rows == [["lamp", "1"], ["mug", "7"]])
+  }
+}
