@@ -6,7 +6,8 @@ public import SluicePostgres
 /// `sluice run`: connect, take the slot, backfill if the slot is new, then
 /// stream → decide → handle → acknowledge until stopped. Connection losses
 /// on either connection restart the pipeline from the last confirmed position.
-public final class Daemon {
+/// Used from one thread at a time (its run loop); Sendable so that thread can be any.
+public final class Daemon: @unchecked Sendable {
   let configuration: Configuration
   let registry: HandlerRegistry
   let logger: Logger

@@ -1,3 +1,4 @@
+@_exported public import Logging
 // `import Sluice` is all a handler author needs: events, values, query results.
 @_exported public import SluiceCore
 @_exported public import SluicePostgres

@@ -1,0 +1,85 @@
+import Foundation
+import Sluice
+import SluiceExamples
+import Testing
+
+/// README's "Add a handler for a new event type", kept true: the README quotes
+/// these files verbatim, and both kinds of handler run here for real.
+@Suite(.serialized) struct AddHandlerTests {
+  static let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+    "ReadmeExamples")
+
+  @Test func readmeQuotesTheTestedExamples() throws {
+    let readme = try String(
+      contentsOf: ExamplesTests.repository.appendingPathComponent("README.md"), encoding: .utf8)
+    for file in ["AwardBadge.swift", "add_handler.sql"] {
+      let text = try String(contentsOf: Self.examples.appendingPathComponent(file), encoding: .utf8)
+      #expect(readme.contains(text), "README.md must quote ReadmeExamples/\(file) verbatim")
+    }
+  }
+
+  @Test func swiftHandlerRunsInADaemonOfYourOwn() throws {
+    let db = try TestDatabase("addswift")
+    try ExamplesTests.load(db)
+    try db.sql(
+      """
+      CREATE TABLE game.badges (user_id text, badge text, PRIMARY KEY (user_id, badge));
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('award_badge', 'player');
+      INSERT INTO sluice.actor_roles (actor, role) VALUES ('ann', 'player');
+      """)
+    var configuration = Configuration(databaseURL: db.url)
+    configuration.slot = db.slot
+    let stop = StopSignal()
+    // What `SluiceCLI.main(handlers: ExampleHandlers.all + [AwardBadge()])` runs.
+    let daemon = Daemon(
+      configuration: configuration, registry: HandlerRegistry(ExampleHandlers.all + [AwardBadge()]),
+      logger: Logger(label: "test"), stop: stop)
+    let finished = DispatchSemaphore(value: 0)
+    nonisolated(unsafe) var failure: (any Error)?
+    Thread {
+      do { try daemon.run() } catch { failure = error }
+      finished.signal()
+    }.start()
+    try db.sql(
+      """
+      INSERT INTO game.actions (id, user_id, type, payload) VALUES
+        (gen_random_uuid(), 'ann', 'award_badge', '{"badge": "early-bird"}'),
+        (gen_random_uuid(), 'ann', 'award_badge', '{"badge": ""}'),
+        (gen_random_uuid(), 'ann', 'award_xp', '{"xp": 5}');
+      """)
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    stop.set()
+    #expect(finished.wait(timeout: .now() + 10) == .success)
+    #expect(failure == nil)
+    #expect(try db.sql("SELECT user_id, badge FROM game.badges").rows == [["ann", "early-bird"]])
+    #expect(
+      try db.sql("SELECT event_type, status, reason FROM sluice.event_log ORDER BY status, event_type").rows == [
+        ["award_badge", "applied", nil], ["award_xp", "applied", nil],
+        ["award_badge", "rejected", "payload.badge must be a non-empty string"],
+      ])
+  }
+
+  @Test func sqlHandlerNeedsNoRebuild() throws {
+    let db = try TestDatabase("addsql")
+    try ExamplesTests.load(db)
+    try db.sql("INSERT INTO sluice.actor_roles (actor, role) VALUES ('ben', 'player')")
+    // The daemon is already running when the handler is added: no restart, no rebuild.
+    let daemon = try startDaemon(db)
+    try db.sql(try String(contentsOf: Self.examples.appendingPathComponent("add_handler.sql"), encoding: .utf8))
+    try db.sql(
+      """
+      INSERT INTO game.actions (id, user_id, type, payload) VALUES
+        (gen_random_uuid(), 'ben', 'set_title', '{"title": "Night Owl"}'),
+        (gen_random_uuid(), 'ben', 'set_title', '{"title": "The Most Tremendously Long Title Anyone Wrote"}'),
+        (gen_random_uuid(), 'ben', 'set_title', '{}');
+      """)
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try db.sql("SELECT user_id, title FROM game.titles").rows == [["ben", "Night Owl"]])
+    #expect(
+      try db.sql("SELECT status, count(*) FROM sluice.event_log GROUP BY status ORDER BY status").rows == [
+        ["applied", "1"], ["rejected", "2"],
+      ])
+  }
+}
