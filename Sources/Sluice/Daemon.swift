@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import SluiceCore
 public import SluicePostgres
+import Synchronization
 
 /// `sluice run`: connect, take the slot, backfill if the slot is new, then
 /// stream → decide → handle → acknowledge until stopped. Connection losses
@@ -12,33 +13,70 @@ public final class Daemon: @unchecked Sendable {
   let registry: HandlerRegistry
   let logger: Logger
   let stop: StopSignal
-  /// Called once streaming starts, and on every reconnect (systemd READY=1).
-  public var onStreaming: (() -> Void)?
-  /// Called after every batch with the confirmed position (watchdog, status).
-  public var onProgress: ((LSN) -> Void)?
+  public let metrics = Metrics()
+  let notifier: SystemdNotifier
+  private let health = Health()
 
   private var policy: Policy?
   private var confirmed: LSN = .zero
+  private var lastWatchdog = ContinuousClock.now
+  private var lastLagCheck = ContinuousClock.now.advanced(by: .seconds(-60))
 
-  public init(configuration: Configuration, registry: HandlerRegistry, logger: Logger, stop: StopSignal) {
+  public init(
+    configuration: Configuration, registry: HandlerRegistry, logger: Logger, stop: StopSignal,
+    environment: [String: String] = [:]
+  ) {
     self.configuration = configuration
     self.registry = registry
     self.logger = logger
     self.stop = stop
+    self.notifier = SystemdNotifier(environment: environment)
   }
 
   /// Runs until `stop` is set; throws for errors a retry cannot fix.
   public func run() throws {
+    var server: MetricsServer?
+    if let address = configuration.metricsAddress {
+      let health = health
+      do {
+        server = try MetricsServer(address: address, metrics: metrics) { health.isFresh }
+        logger.info("serving /metrics and /healthz", metadata: ["address": "\(address.host):\(address.port)"])
+      } catch {
+        // A standby on the same host may share the configuration: run on without metrics.
+        logger.warning("metrics disabled", metadata: ["error": "\(error)"])
+      }
+    }
+    defer { server?.stop() }
     var backoff = Backoff(baseMilliseconds: 200, capMilliseconds: 10_000)
+    var attempt = 0
     while !stop.isSet {
       do {
+        if attempt > 0 { metrics.reconnected() }
+        attempt += 1
         try session(&backoff)
-        return
+        break
       } catch let error where Self.isTransient(error) && !stop.isSet {
+        metrics.setStreaming(false)
         let wait = backoff.next(unit: Double.random(in: 0..<1))
         logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
+        notifier.notify("STATUS=reconnecting: \(Self.oneLine(error))")
         stop.sleep(milliseconds: wait)
       }
+    }
+    notifier.notify("STOPPING=1\nSTATUS=stopped")  // also when stopped while reconnecting
+  }
+
+  static func oneLine(_ error: any Error) -> String {
+    "\(error)".split(separator: "\n").first.map(String.init) ?? ""
+  }
+
+  /// The loop calls this whenever it goes round: the watchdog is fed only by real progress.
+  private func progressed(_ status: @autoclosure () -> String) {
+    health.touch()
+    guard let interval = notifier.watchdogInterval else { return }
+    if lastWatchdog.duration(to: .now) >= interval / 3 {
+      notifier.notify("WATCHDOG=1\nSTATUS=\(status())")
+      lastWatchdog = .now
     }
   }
 
@@ -105,7 +143,9 @@ public final class Daemon: @unchecked Sendable {
     logger.info(
       "streaming", metadata: ["slot": "\(slot)", "from": "\(start)", "proto_version": "\(version)"])
     backoff.reset()
-    onStreaming?()
+    metrics.setStreaming(true)
+    health.touch()
+    notifier.notify("READY=1\nSTATUS=streaming slot \(slot) from \(start)")
 
     do {
       try handleLoop(queue, reader, processor, ack)
@@ -115,6 +155,7 @@ public final class Daemon: @unchecked Sendable {
       throw error
     }
     policy = processor.policy
+    if stop.isSet { notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the batch in flight") }
     reader.stopAndWait()
     if let failure = reader.failure, !stop.isSet { throw failure }
     reader.finish()
@@ -123,9 +164,11 @@ public final class Daemon: @unchecked Sendable {
   }
 
   private func makeProcessor(_ connection: PGConnection, _ policy: Policy) -> BatchProcessor {
-    BatchProcessor(
+    let processor = BatchProcessor(
       connection: connection, registry: registry, policy: policy, maxAttempts: configuration.maxAttempts,
       slot: configuration.slot, logger: logger)
+    processor.metrics = metrics
+    return processor
   }
 
   /// Only one daemon streams a slot: the others wait here for its advisory lock.
@@ -136,9 +179,12 @@ public final class Daemon: @unchecked Sendable {
       if got.scalar == "t" { return true }
       if !waiting {
         logger.info("another daemon is streaming this slot; standing by", metadata: ["slot": "\(configuration.slot)"])
+        // Ready as a standby: systemd must not time the start out while another daemon streams.
+        notifier.notify("READY=1\nSTATUS=standby: another daemon streams slot \(configuration.slot)")
         waiting = true
       }
-      stop.sleep(milliseconds: 500)
+      progressed("standby: another daemon streams slot \(configuration.slot)")
+      stop.sleep(milliseconds: 250)
     }
     return false
   }
@@ -179,9 +225,10 @@ public final class Daemon: @unchecked Sendable {
     let fillTimeout = Double(configuration.batchTimeoutMilliseconds) / 1000
     while !stop.isSet {
       var items = queue.take(upTo: batchSize, timeout: 0.1)
+      try checkLag(processor.connection)
       if items.isEmpty {
         if queue.closed { return }
-        onProgress?(ack.confirmed)
+        progressed(status(ack))
         continue
       }
       // Mid-transaction, wait briefly for the rest rather than commit a sliver.
@@ -199,14 +246,38 @@ public final class Daemon: @unchecked Sendable {
           "items": "\(items.count)",
           "ms": "\(started.duration(to: .now).components.attoseconds / 1_000_000_000_000_000)",
         ])
-      onProgress?(ack.confirmed)
+      progressed(status(ack))
     }
+  }
+
+  private func status(_ ack: SharedAckTracker) -> String {
+    "streaming; confirmed \(ack.confirmed); lag \(metrics.lagBytes) bytes"
+  }
+
+  /// Every 5 s: how far the slot trails the server, and how much WAL it pins.
+  private func checkLag(_ connection: PGConnection) throws {
+    guard lastLagCheck.duration(to: .now) > .seconds(5) else { return }
+    lastLagCheck = .now
+    let row = try connection.query(
+      """
+      SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint
+      FROM pg_replication_slots WHERE slot_name = $1
+      """, [configuration.slot]
+    ).rows.first
+    metrics.setLag(bytes: Int(row?[0] ?? "") ?? 0, retained: Int(row?[1] ?? "") ?? 0)
   }
 
   private static func endsAtCommit(_ items: [StreamItem]) -> Bool {
     if case .commit = items.last { return true }
     return false
   }
+}
+
+/// When the loop last went round, for /healthz.
+final class Health: Sendable {
+  private let last = Mutex(ContinuousClock.now.advanced(by: .seconds(-3600)))
+  func touch() { last.withLock { $0 = .now } }
+  var isFresh: Bool { last.withLock { $0.duration(to: .now) < .seconds(30) } }
 }
 
 public struct StartupError: Error, CustomStringConvertible {

@@ -27,7 +27,8 @@ struct SluiceCommand: ParsableCommand {
     discussion: "Configured by SLUICE_* environment variables (see systemd/sluice.env.example).",
     version: SluiceVersion.current,
     subcommands: [
-      RunCommand.self, MigrateCommand.self, DeadLetterCommand.self, BackfillCommand.self, TailCommand.self,
+      RunCommand.self, MigrateCommand.self, StatusCommand.self, CheckCommand.self, DeadLetterCommand.self,
+      BackfillCommand.self, TailCommand.self,
     ]
   )
 }
@@ -72,7 +73,9 @@ struct RunCommand: ParsableCommand {
       metadata: [
         "database": "\(config.redactedDatabaseURL)", "slot": "\(config.slot)", "version": "\(SluiceVersion.current)",
       ])
-    let daemon = Daemon(configuration: config, registry: SluiceCLI.handlers, logger: logger, stop: .process)
+    let daemon = Daemon(
+      configuration: config, registry: SluiceCLI.handlers, logger: logger, stop: .process,
+      environment: ProcessEnvironment.current)
     try reportingFailure("run") { try daemon.run() }
   }
 }
@@ -86,6 +89,39 @@ struct MigrateCommand: ParsableCommand {
     let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
     let applied = try reportingFailure("migrate") { try operations.migrate() }
     print(applied.isEmpty ? "schema is up to date" : "applied \(applied.joined(separator: ", "))")
+  }
+}
+
+struct StatusCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "status",
+    abstract: "Slot, confirmed LSN, lag, retained WAL, events per status, dead events, whether a daemon streams.")
+
+  @Flag(help: "One JSON object.") var json = false
+
+  func run() throws {
+    let config = loadConfiguration()
+    let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+    let report = try reportingFailure("status") { try operations.status() }
+    print(json ? report.json() : report.text())
+  }
+}
+
+struct CheckCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "check",
+    abstract: "Check configuration, connectivity, wal_level, privileges and the slot; say how to fix what is wrong.")
+
+  func run() throws {
+    let config = loadConfiguration()
+    let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+    print("ok    configuration (SLUICE_* variables)")
+    let findings = operations.check()
+    for finding in findings {
+      print("\(finding.ok ? "ok  " : "FAIL")  \(finding.what)")
+      if !finding.ok, let fix = finding.fix { print("      fix: \(fix)") }
+    }
+    if findings.contains(where: { !$0.ok }) { throw ExitCode(1) }
   }
 }
 

@@ -49,8 +49,8 @@ public final class BatchProcessor {
   private var open: OpenTransaction?
   public private(set) var counts: [EventStatus: Int] = [:]
   public private(set) var ignoredChanges = 0
-  /// Called after each committed batch with the ledger rows it wrote.
-  var onCommitted: (([LedgerRow]) -> Void)?
+  /// Where committed batches are counted (nil: not counted).
+  var metrics: Metrics?
 
   public init(
     connection: PGConnection, registry: HandlerRegistry, policy: Policy, maxAttempts: Int, slot: String,
@@ -138,6 +138,7 @@ public final class BatchProcessor {
   }
 
   private func inTransaction(_ body: () throws -> [LedgerRow]) throws {
+    let started = ContinuousClock.now
     try connection.simpleQuery("BEGIN")
     let rows: [LedgerRow]
     do {
@@ -148,7 +149,11 @@ public final class BatchProcessor {
       throw error
     }
     for row in rows { counts[row.status, default: 0] += 1 }
-    onCommitted?(rows)
+    let elapsed = started.duration(to: .now)
+    metrics?.recordBatch(
+      rows.map { ($0.event.type, $0.status, $0.event.committedAt, $0.attempts) },
+      seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+      now: Clock.postgresNow())
   }
 
   /// Decides every planned event's ledger row, running handlers for the allowed ones.

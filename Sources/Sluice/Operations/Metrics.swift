@@ -1,0 +1,123 @@
+import SluiceCore
+import Synchronization
+
+/// The daemon's Prometheus series, rendered in the text exposition format.
+public final class Metrics: Sendable {
+  struct Histogram {
+    let bounds: [Double]
+    var counts: [Int]
+    var sum = 0.0
+    var count = 0
+
+    init(_ bounds: [Double]) {
+      self.bounds = bounds
+      counts = Array(repeating: 0, count: bounds.count)
+    }
+
+    mutating func observe(_ value: Double) {
+      for (index, bound) in bounds.enumerated() where value <= bound { counts[index] += 1 }
+      sum += value
+      count += 1
+    }
+  }
+
+  struct State {
+    var events: [Pair: Int] = [:]
+    var batchSeconds = Histogram([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+    var latencySeconds = Histogram([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60])
+    var lagBytes = 0
+    var retainedWALBytes = 0
+    var handlerErrors = 0
+    var reconnects = 0
+    var ignoredChanges = 0
+    var streaming = false
+  }
+
+  struct Pair: Hashable {
+    var type: String
+    var status: String
+  }
+
+  private let state = Mutex(State())
+
+  public init() {}
+
+  /// One committed batch: its ledger rows' statuses, and commit-to-applied latency for streamed events.
+  func recordBatch(
+    _ rows: [(type: String, status: EventStatus, committedAt: PostgresTimestamp?, attempts: Int)], seconds: Double,
+    now: PostgresTimestamp
+  ) {
+    state.withLock { state in
+      state.batchSeconds.observe(seconds)
+      for row in rows {
+        state.events[Pair(type: row.type, status: row.status.rawValue), default: 0] += 1
+        if row.attempts > 1 || row.status == .dead {
+          state.handlerErrors += max(row.attempts - 1, 0) + (row.status == .dead ? 1 : 0)
+        }
+        if let committed = row.committedAt { state.latencySeconds.observe(max(0, Double(now - committed) / 1_000_000)) }
+      }
+    }
+  }
+
+  func setLag(bytes: Int, retained: Int) {
+    state.withLock {
+      $0.lagBytes = bytes
+      $0.retainedWALBytes = retained
+    }
+  }
+
+  func reconnected() { state.withLock { $0.reconnects += 1 } }
+  func setStreaming(_ streaming: Bool) { state.withLock { $0.streaming = streaming } }
+  var lagBytes: Int { state.withLock { $0.lagBytes } }
+
+  public func render() -> String {
+    let state = state.withLock { $0 }
+    var out = ""
+    func header(_ name: String, _ type: String, _ help: String) {
+      out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+    }
+    header("sluice_events_total", "counter", "Events written to the ledger, by event type and status.")
+    for (pair, count) in state.events.sorted(by: { ($0.key.type, $0.key.status) < ($1.key.type, $1.key.status) }) {
+      out += "sluice_events_total{type=\"\(Self.escape(pair.type))\",status=\"\(pair.status)\"} \(count)\n"
+    }
+    func histogram(_ name: String, _ help: String, _ histogram: Histogram) {
+      header(name, "histogram", help)
+      for (bound, count) in zip(histogram.bounds, histogram.counts) {
+        out += "\(name)_bucket{le=\"\(bound)\"} \(count)\n"
+      }
+      out +=
+        "\(name)_bucket{le=\"+Inf\"} \(histogram.count)\n\(name)_sum \(histogram.sum)\n\(name)_count \(histogram.count)\n"
+    }
+    histogram("sluice_batch_duration_seconds", "Time to apply and commit one batch.", state.batchSeconds)
+    histogram(
+      "sluice_commit_to_applied_seconds", "From the source transaction's commit to its event's ledger row.",
+      state.latencySeconds)
+    header(
+      "sluice_replication_lag_bytes", "gauge", "WAL between the server's current position and the slot's confirmed one."
+    )
+    out += "sluice_replication_lag_bytes \(state.lagBytes)\n"
+    header(
+      "sluice_retained_wal_bytes", "gauge", "WAL the server keeps for the slot (current position minus restart_lsn).")
+    out += "sluice_retained_wal_bytes \(state.retainedWALBytes)\n"
+    header("sluice_handler_errors_total", "counter", "Handler attempts that failed (retried or dead).")
+    out += "sluice_handler_errors_total \(state.handlerErrors)\n"
+    header("sluice_reconnects_total", "counter", "Times the daemon reconnected after losing a connection.")
+    out += "sluice_reconnects_total \(state.reconnects)\n"
+    header("sluice_streaming", "gauge", "1 while this daemon streams the slot, 0 on standby.")
+    out += "sluice_streaming \(state.streaming ? 1 : 0)\n"
+    return out
+  }
+
+  static func escape(_ label: String) -> String {
+    var out = ""
+    for char in label {
+      switch char {
+      case "\\": out += "\\\\"
+      case "\"": out += "\\\""
+      case "\n": out += "\\n"
+      default: out.append(char)
+      }
+    }
+    return out
+  }
+}

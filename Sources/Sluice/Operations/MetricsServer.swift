@@ -1,0 +1,90 @@
+import Foundation
+import Glibc
+import Logging
+import SluiceCore
+
+/// A minimal HTTP/1.0 server for `GET /metrics` and `GET /healthz`: one
+/// thread, one request per connection. Enough for Prometheus and a probe.
+public final class MetricsServer: @unchecked Sendable {
+  let listener: Int32
+  let metrics: Metrics
+  let healthy: @Sendable () -> Bool
+  private let stopped = StopSignal()
+
+  /// Binds and starts serving; throws if the address cannot be bound.
+  public init(address: Configuration.Address, metrics: Metrics, healthy: @escaping @Sendable () -> Bool) throws {
+    self.metrics = metrics
+    self.healthy = healthy
+    var hints = addrinfo()
+    hints.ai_family = AF_UNSPEC
+    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+    var info: UnsafeMutablePointer<addrinfo>?
+    guard getaddrinfo(address.host, String(address.port), &hints, &info) == 0, let first = info else {
+      throw OperationError("SLUICE_METRICS_ADDR: cannot resolve \(address.host)")
+    }
+    defer { freeaddrinfo(info) }
+    let descriptor = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard descriptor >= 0 else { throw OperationError("metrics: socket() failed: errno \(errno)") }
+    var yes: Int32 = 1
+    setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+    guard bind(descriptor, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0, listen(descriptor, 16) == 0 else {
+      let reason = String(cString: strerror(errno))
+      close(descriptor)
+      throw OperationError("cannot listen on \(address.host):\(address.port) (SLUICE_METRICS_ADDR): \(reason)")
+    }
+    listener = descriptor
+    let thread = Thread { [self] in serve() }
+    thread.name = "sluice-metrics"
+    thread.start()
+  }
+
+  public func stop() {
+    stopped.set()
+    shutdown(listener, Int32(SHUT_RDWR))
+    close(listener)
+  }
+
+  private func serve() {
+    while !stopped.isSet {
+      var descriptor = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+      guard poll(&descriptor, 1, 200) > 0, !stopped.isSet else { continue }
+      let client = accept(listener, nil, nil)
+      guard client >= 0 else { continue }
+      respond(client)
+      close(client)
+    }
+  }
+
+  private func respond(_ client: Int32) {
+    var timeout = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let count = read(client, &buffer, buffer.count)
+    guard count > 0 else { return }
+    let request = String(decoding: buffer[..<count], as: UTF8.self)
+    let line = request.split(separator: "\r\n", maxSplits: 1).first.map(String.init) ?? ""
+    let parts = line.split(separator: " ")
+    let path = parts.count > 1 ? String(parts[1].split(separator: "?").first ?? "") : ""
+    let (status, type, body): (String, String, String)
+    switch (parts.first, path) {
+    case ("GET", "/metrics"):
+      (status, type, body) = ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+    case ("GET", "/healthz"):
+      (status, type, body) =
+        healthy() ? ("200 OK", "text/plain", "ok\n") : ("503 Service Unavailable", "text/plain", "not streaming\n")
+    default:
+      (status, type, body) = ("404 Not Found", "text/plain", "try /metrics or /healthz\n")
+    }
+    let payload = Array(body.utf8)
+    let head =
+      "HTTP/1.0 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(payload.count)\r\nConnection: close\r\n\r\n"
+    let response = Array(head.utf8) + payload
+    var offset = 0
+    while offset < response.count {
+      let written = response[offset...].withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+      if written <= 0 { return }
+      offset += written
+    }
+  }
+}

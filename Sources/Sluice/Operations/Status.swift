@@ -1,0 +1,202 @@
+import SluiceCore
+import SluicePostgres
+
+/// `sluice status`: where the slot stands and what the ledger holds.
+public struct StatusReport: Sendable {
+  public var database: String
+  public var slot: String
+  public var slotExists: Bool
+  public var streaming: Bool
+  public var streamingPID: Int?
+  public var confirmedLSN: String?
+  public var lagBytes: Int?
+  public var lagSeconds: Double?
+  public var retainedWALBytes: Int?
+  public var counts: [String: Int]
+  public var dead: [Operations.DeadEvent]
+
+  public func json() -> String {
+    var writer = JSONWriter()
+    func optional<T>(_ value: T?, _ make: (T) -> ColumnValue) -> ColumnValue { value.map(make) ?? .null }
+    writer.raw("{")
+    writer.key("database")
+    writer.string(database)
+    writer.raw(",")
+    writer.key("slot")
+    writer.object([
+      ("name", .text(slot)), ("exists", .bool(slotExists)), ("streaming", .bool(streaming)),
+      ("active_pid", optional(streamingPID) { .int(Int64($0)) }),
+      ("confirmed_flush_lsn", optional(confirmedLSN, ColumnValue.text)),
+      ("lag_bytes", optional(lagBytes) { .int(Int64($0)) }), ("lag_seconds", optional(lagSeconds, ColumnValue.float)),
+      ("retained_wal_bytes", optional(retainedWALBytes) { .int(Int64($0)) }),
+    ])
+    writer.raw(",")
+    writer.key("events")
+    writer.object(EventStatus.allCases.map { ($0.rawValue, .int(Int64(counts[$0.rawValue] ?? 0))) })
+    writer.raw(",")
+    writer.key("dead")
+    writer.raw("[")
+    for (index, event) in dead.enumerated() {
+      if index > 0 { writer.raw(",") }
+      writer.object([
+        ("source", .text(event.source)), ("event_id", .text(event.eventID)),
+        ("event_type", optional(event.eventType, ColumnValue.text)),
+        ("reason", optional(event.reason, ColumnValue.text)),
+      ])
+    }
+    writer.raw("]}")
+    return String(decoding: writer.bytes, as: UTF8.self)
+  }
+
+  public func text() -> String {
+    var lines = ["database   \(database)"]
+    if slotExists {
+      lines.append(
+        "slot       \(slot): \(streaming ? "streaming (walsender pid \(streamingPID.map(String.init) ?? "?"))" : "not streaming")"
+      )
+      lines.append("confirmed  \(confirmedLSN ?? "-")")
+      lines.append("lag        \(lagBytes ?? 0) bytes, \(String(format2(lagSeconds ?? 0))) s")
+      lines.append("retained   \(retainedWALBytes ?? 0) bytes of WAL")
+    } else {
+      lines.append("slot       \(slot): does not exist yet (sluice run creates it)")
+    }
+    lines.append(
+      "events     " + EventStatus.allCases.map { "\($0.rawValue) \(counts[$0.rawValue] ?? 0)" }.joined(separator: ", "))
+    for event in dead.prefix(20) {
+      lines.append("dead       \(event.source)/\(event.eventID) \(event.eventType ?? ""): \(event.reason ?? "")")
+    }
+    if dead.count > 20 { lines.append("dead       … \(dead.count - 20) more: sluice dlq list") }
+    return lines.joined(separator: "\n")
+  }
+
+  private func format2(_ value: Double) -> String {
+    let scaled = (value * 100).rounded() / 100
+    return String(scaled)
+  }
+}
+
+extension Operations {
+  public func status() throws -> StatusReport {
+    let connection = try connect("sluice-status")
+    defer { connection.close() }
+    let slot = try connection.query(
+      """
+      SELECT active, active_pid, confirmed_flush_lsn::text,
+             (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint,
+             EXTRACT(epoch FROM now() - (SELECT updated_at FROM sluice.stream_state WHERE slot = $1))::float8
+      FROM pg_replication_slots WHERE slot_name = $1
+      """, [configuration.slot]
+    ).rows.first
+    var counts: [String: Int] = [:]
+    for row in try connection.query("SELECT status, count(*) FROM sluice.event_log GROUP BY status").rows {
+      counts[row[0] ?? ""] = Int(row[1] ?? "") ?? 0
+    }
+    let lagBytes = slot.flatMap { $0[3] }.flatMap { Int($0) }
+    // Seconds behind: 0 when caught up, else the time since the daemon last committed.
+    let lagSeconds = lagBytes.map { $0 > 0 ? (slot?[5].flatMap { Double($0) } ?? 0) : 0 }
+    return StatusReport(
+      database: configuration.redactedDatabaseURL, slot: configuration.slot, slotExists: slot != nil,
+      streaming: slot?[0] == "t", streamingPID: slot.flatMap { $0[1] }.flatMap { Int($0) },
+      confirmedLSN: slot.flatMap { $0[2] }, lagBytes: lagBytes, lagSeconds: lagSeconds,
+      retainedWALBytes: slot.flatMap { $0[4] }.flatMap { Int($0) }, counts: counts,
+      dead: try deadEvents())
+  }
+
+  /// One finding of `sluice check`.
+  public struct Finding: Sendable {
+    public var ok: Bool
+    public var what: String
+    /// How to fix it, when not ok.
+    public var fix: String?
+  }
+
+  /// `sluice check`: everything `run` needs, each with how to fix it.
+  public func check() -> [Finding] {
+    var findings: [Finding] = []
+    let connection: PGConnection
+    do {
+      connection = try connect("sluice-check")
+    } catch {
+      return [
+        Finding(
+          ok: false, what: "connect to \(configuration.redactedDatabaseURL): \(error)",
+          fix:
+            "check host, port, user and password in SLUICE_DATABASE_URL (or PG* variables / .pgpass), and pg_hba.conf")
+      ]
+    }
+    defer { connection.close() }
+    findings.append(Finding(ok: true, what: "connect to \(configuration.redactedDatabaseURL)"))
+    func probe(_ what: String, _ fix: String, _ test: () throws -> Bool) {
+      do {
+        findings.append(Finding(ok: try test(), what: what, fix: fix))
+      } catch {
+        findings.append(Finding(ok: false, what: "\(what): \(error)", fix: fix))
+      }
+    }
+    probe("wal_level is logical", "set wal_level = logical in postgresql.conf and restart Postgres") {
+      try connection.query("SHOW wal_level").scalar == "logical"
+    }
+    probe(
+      "role may replicate (REPLICATION or superuser)",
+      "ALTER ROLE <the daemon's role> REPLICATION; (or use the role sql/roles.sql creates)"
+    ) {
+      try connection.query("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user").scalar == "t"
+    }
+    probe(
+      "replication connection accepted (IDENTIFY_SYSTEM)",
+      "allow it in pg_hba.conf: host replication <role> <address> scram-sha-256 (or `all` databases for replication=database)"
+    ) {
+      let stream = try ReplicationConnection(conninfo: configuration.databaseURL, applicationName: "sluice-check")
+      defer { stream.close() }
+      _ = try stream.identifySystem()
+      return true
+    }
+    probe("schema is migrated", "run `sluice migrate`") { try Migrator.pending(connection).isEmpty }
+    probe("publication \(configuration.publication) exists", "run `sluice migrate` (or `sluice run`, which creates it)")
+    {
+      try !connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [configuration.publication]).rows.isEmpty
+    }
+    do {
+      let slot = try connection.query(
+        """
+        SELECT database = current_database(), database, active, active_pid, plugin,
+               (SELECT application_name FROM pg_stat_activity WHERE pid = active_pid)
+        FROM pg_replication_slots WHERE slot_name = $1
+        """, [configuration.slot]
+      ).rows.first
+      if let slot {
+        if slot[0] != "t" {
+          findings.append(
+            Finding(
+              ok: false, what: "slot \(configuration.slot) belongs to database \(slot[1] ?? "?")",
+              fix: "set SLUICE_SLOT to a slot name of its own for this database"))
+        } else if slot[4] != "pgoutput" {
+          findings.append(
+            Finding(
+              ok: false, what: "slot \(configuration.slot) uses plugin \(slot[4] ?? "?")",
+              fix: "drop it (SELECT pg_drop_replication_slot('\(configuration.slot)')) or choose another SLUICE_SLOT"))
+        } else if slot[2] == "t" {
+          let holder = "pid \(slot[3] ?? "?") (\(slot[5] ?? "unknown application"))"
+          findings.append(
+            Finding(
+              ok: slot[5] == "sluice", what: "slot \(configuration.slot) is held by \(holder)",
+              fix: "another process streams this slot: stop it, or give this daemon another SLUICE_SLOT"))
+        } else {
+          findings.append(Finding(ok: true, what: "slot \(configuration.slot) exists and is free"))
+        }
+      } else {
+        probe(
+          "a replication slot is free for \(configuration.slot) (it will be created)",
+          "raise max_replication_slots in postgresql.conf, or drop unused slots"
+        ) {
+          try connection.query(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) < current_setting('max_replication_slots')::int"
+          ).scalar == "t"
+        }
+      }
+    } catch {
+      findings.append(Finding(ok: false, what: "read pg_replication_slots: \(error)", fix: "grant the role pg_monitor"))
+    }
+    return findings
+  }
+}
