@@ -28,8 +28,9 @@ import Testing
           return (String(format: "e%05d", t * 100 + r), user, "award", xp, nil)
         })
     }
-    for transaction in transactions[..<160] { try XPFixture.insert(db, transaction) }
     let environment = ["SLUICE_BATCH_SIZE": "300"]
+    try createSlot(db, environment)
+    for transaction in transactions[..<160] { try XPFixture.insert(db, transaction) }
     var daemon = try startDaemon(db, environment)
     let thresholds = (0..<6).map { _ in Int.random(in: 500..<15_000, using: &random) }.sorted()
     print("kill thresholds: \(thresholds)")
@@ -57,6 +58,29 @@ import Testing
     #expect(byStatus == ["applied": allowed, "denied": 24_000 - allowed])
     let totals = try XPFixture.totals(db)
     #expect(totals == expected, "XP totals equal the sums of the allowed actions")
+  }
+
+  @Test func killedDuringTheInitialBackfill() throws {
+    let db = try TestDatabase("killbackfill")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["u1", "u2"])
+    // Written before any slot: the first start backfills them in the slot's snapshot.
+    for t in 0..<50 {
+      try XPFixture.insert(
+        db, (0..<100).map { (String(format: "b%05d", t * 100 + $0), $0 % 2 == 0 ? "u1" : "u2", "award", 3, nil) })
+    }
+    let environment = ["SLUICE_BATCH_SIZE": "100"]
+    let first = try sluice(db, ["run"], environment)
+    #expect(try eventually(60) { try XPFixture.ledgerCount(db) >= 1_000 })
+    first.signal(SIGKILL)
+    #expect(first.waitForExit() != 0)
+    print("killed with \(try XPFixture.ledgerCount(db)) of 5000 rows backfilled")
+    let second = try startDaemon(db, environment)
+    try XPFixture.insert(db, [("after", "u1", "award", 1000, nil)])
+    #expect(try eventually(60) { try XPFixture.ledgerCount(db) == 5_001 })
+    second.signal(SIGTERM)
+    #expect(second.waitForExit() == 0)
+    #expect(try XPFixture.totals(db) == ["u1": 8_500, "u2": 7_500])
   }
 
   @Test func permissionsAreJudgedAsOfTheWALPosition() throws {

@@ -125,3 +125,11 @@ func testSeed(default value: UInt64) -> UInt64 {
   print("seed: \(seed) (set SLUICE_TEST_SEED to replay)")
   return seed
 }
+
+/// Runs the daemon once so that the slot exists, then stops it: rows written
+/// after this reach the daemon through the stream, not the slot-creation backfill.
+func createSlot(_ db: TestDatabase, _ environment: [String: String] = [:], binary: String = "sluice") throws {
+  let daemon = try startDaemon(db, environment, binary: binary)
+  daemon.signal(SIGTERM)
+  #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
+}

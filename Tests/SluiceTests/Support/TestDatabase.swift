@@ -53,8 +53,13 @@ final class TestDatabase: @unchecked Sendable {
   /// A replication slot name of this database's own (slot names are cluster-wide).
   let slot: String
 
-  init(_ label: String) throws {
-    url = try TestCluster.createDatabase(label)
+  convenience init(_ label: String) throws {
+    try self.init(url: try TestCluster.createDatabase(label))
+  }
+
+  /// A database that already exists (e.g. in a private cluster).
+  init(url: String) throws {
+    self.url = url
     slot = String(url.split(separator: "/").last ?? "sluice")
     connection = try PGConnection(conninfo: url)
   }
