@@ -30,28 +30,47 @@ public protocol EventHandler: Sendable {
   func handle(_ event: Event, in context: HandlerContext) throws -> Outcome
 }
 
-/// Runs SQL inside the batch transaction, on behalf of one event. The first
-/// statement sets a savepoint, so a rejected or failed event undoes only its own writes.
+/// Runs SQL inside the batch transaction, on behalf of one event.
+///
+/// Careful mode: the first statement sets a savepoint, so a rejected or
+/// failed event undoes only its own writes. Fast mode (pipelined batches):
+/// `execute` only queues its statement, `query` waits for its rows; if
+/// anything fails, or the handler rejects after writing, the whole batch is
+/// redone in careful mode. A handler sees the same results either way.
 public final class HandlerContext {
   let connection: PGConnection
+  let pipeline: PipelineBatch?
   private(set) var savepointOpen = false
+  /// Statements this event has run or queued.
+  private(set) var statements = 0
 
-  init(connection: PGConnection) { self.connection = connection }
+  init(connection: PGConnection, pipeline: PipelineBatch? = nil) {
+    self.connection = connection
+    self.pipeline = pipeline
+  }
 
   /// Runs a statement with bound parameters and returns its rows.
   @discardableResult
   public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
-    if !savepointOpen {
-      try connection.simpleQuery("SAVEPOINT sluice_event")
-      savepointOpen = true
-    }
+    statements += 1
+    if let pipeline { return try pipeline.query(sql, parameters) }
+    try openSavepoint()
     return try connection.query(sql, parameters)
   }
 
-  /// Runs a statement for its effect; returns the number of rows it affected.
-  @discardableResult
-  public func execute(_ sql: String, _ parameters: [String?] = []) throws -> Int {
-    try query(sql, parameters).affectedRows
+  /// Runs a statement for its effect. In a pipelined batch it is queued, and
+  /// its errors surface when the batch is read back.
+  public func execute(_ sql: String, _ parameters: [String?] = []) throws {
+    statements += 1
+    if let pipeline { return try pipeline.send(sql, parameters) }
+    try openSavepoint()
+    try connection.query(sql, parameters)
+  }
+
+  private func openSavepoint() throws {
+    guard !savepointOpen else { return }
+    try connection.simpleQuery("SAVEPOINT sluice_event")
+    savepointOpen = true
   }
 
   /// Keeps the event's writes.
@@ -81,7 +100,7 @@ public struct SQLFunctionHandler: EventHandler {
   }
 
   public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
-    try context.query("SELECT \(Self.quotedFunctionName(function))($1::jsonb)", [event.json()])
+    try context.execute("SELECT \(Self.quotedFunctionName(function))($1::jsonb)", [event.json()])
     return .applied
   }
 

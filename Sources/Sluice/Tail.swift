@@ -13,12 +13,15 @@ public struct TailOptions: Sendable {
   /// `schema.table` names to print (nil: all in the publication). When the
   /// publication does not exist, it is created for these tables (or for all tables).
   public var tables: [String]?
+  /// Stop after the first transaction that ends at or past this position (pg_recvlogical's --endpos).
+  public var endPosition: LSN?
 
-  public init(conninfo: String, slot: String?, publication: String, tables: [String]?) {
+  public init(conninfo: String, slot: String?, publication: String, tables: [String]?, endPosition: LSN? = nil) {
     self.conninfo = conninfo
     self.slot = slot
     self.publication = publication
     self.tables = tables
+    self.endPosition = endPosition
   }
 }
 
@@ -102,7 +105,7 @@ public final class Tail {
     var lastStatus = clock.now
     var lastSentFlush = ack.confirmed
     let newline: [UInt8] = [0x0A]
-    while !stop.isSet {
+    reading: while !stop.isSet {
       if let message = try stream.read(timeoutMilliseconds: 100) {
         switch message {
         case .xLogData(let data):
@@ -117,9 +120,11 @@ public final class Tail {
             flush()
             // Printed and flushed: the transaction is done for a tail.
             ack.committed(end: commit.endLSN, durable: true)
+            if let end = options.endPosition, commit.endLSN >= end { break reading }
           }
         case .keepalive(let keepalive):
           ack.keepalive(walEnd: keepalive.walEnd)
+          if let end = options.endPosition, !ack.inFlight, keepalive.walEnd >= end { break reading }
           if keepalive.replyRequested {
             try stream.send(ack.statusUpdate(clientTime: Self.now()))
             lastStatus = clock.now

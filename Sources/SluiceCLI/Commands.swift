@@ -241,7 +241,11 @@ struct TailCommand: ParsableCommand {
   @Option(name: .long, help: "Comma-separated schema.table names to print (default: all in the publication).")
   var tables: String?
 
+  @Option(name: .long, help: "Stop once streaming reaches this LSN (X/X), like pg_recvlogical --endpos.")
+  var endpos: String?
+
   func validate() throws {
+    if let endpos, LSN(endpos) == nil { throw ValidationError("--endpos must be an LSN such as 0/16B3748") }
     if slot != nil && temporary { throw ValidationError("--slot and --temporary exclude each other") }
     if let slot, !Configuration.isIdentifier(slot) {
       throw ValidationError("--slot must be 1-63 characters of a-z, 0-9 and _")
@@ -257,7 +261,8 @@ struct TailCommand: ParsableCommand {
     }
     let tail = Tail(
       options: TailOptions(
-        conninfo: config.databaseURL, slot: slot, publication: config.publication, tables: tableList),
+        conninfo: config.databaseURL, slot: slot, publication: config.publication, tables: tableList,
+        endPosition: endpos.flatMap { LSN($0) }),
       logger: Logger(label: "sluice.tail"), stop: .process, write: output.write, flush: output.flush)
     try reportingFailure("tail") { try tail.run() }
   }

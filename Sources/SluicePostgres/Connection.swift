@@ -267,3 +267,62 @@ public enum PGArray {
     return out + "}"
   }
 }
+
+/// One result read back in pipeline mode.
+public enum PipelineResult: Sendable {
+  case ok(QueryResult)
+  case failed(PostgresError)
+  /// Skipped because an earlier statement in the pipeline failed.
+  case aborted
+  /// The answer to a `sendSync()`.
+  case sync
+}
+
+extension PGConnection {
+  /// libpq pipeline mode: statements are sent without waiting for their
+  /// results, which are read back in order (one round trip for a batch).
+  public func enterPipelineMode() throws {
+    guard PQenterPipelineMode(handle) == 1 else { throw lastError("enter pipeline mode") }
+  }
+
+  /// Leaves pipeline mode; every result must have been read.
+  public func exitPipelineMode() throws {
+    guard PQexitPipelineMode(handle) == 1 else { throw lastError("exit pipeline mode") }
+  }
+
+  /// Queues one statement with bound text parameters.
+  public func send(_ sql: String, _ parameters: [String?] = []) throws {
+    let sent = withOptionalCStringArray(parameters) { pointers in
+      PQsendQueryParams(handle, sql, Int32(parameters.count), nil, pointers, nil, nil, 0)
+    }
+    guard sent == 1 else { throw lastError(Self.context(of: sql)) }
+  }
+
+  /// Marks a sync point and flushes what is queued.
+  public func sendSync() throws {
+    guard PQpipelineSync(handle) == 1 else { throw lastError("pipeline sync") }
+  }
+
+  /// The next result in pipeline order.
+  public func nextPipelineResult() throws -> PipelineResult {
+    guard let result = PQgetResult(handle) else { throw lastError("pipeline: no result where one was due") }
+    let status = PQresultStatus(result)
+    if status == PGRES_PIPELINE_SYNC {
+      PQclear(result)
+      return .sync
+    }
+    defer {
+      // Each statement's results end with a NULL.
+      while let extra = PQgetResult(handle) { PQclear(extra) }
+    }
+    if status == PGRES_PIPELINE_ABORTED {
+      PQclear(result)
+      return .aborted
+    }
+    do {
+      return .ok(try consume(result, context: "pipeline"))
+    } catch let error as PostgresError {
+      return .failed(error)
+    }
+  }
+}

@@ -51,6 +51,8 @@ public final class BatchProcessor {
   public private(set) var ignoredChanges = 0
   /// Where committed batches are counted (nil: not counted).
   var metrics: Metrics?
+  /// Send each batch in one libpq pipeline first (the fast path).
+  var pipelining = true
 
   public init(
     connection: PGConnection, registry: HandlerRegistry, policy: Policy, maxAttempts: Int, slot: String,
@@ -99,19 +101,16 @@ public final class BatchProcessor {
       }
     }
     if !planned.isEmpty || !mirror.isEmpty {
-      try inTransaction {
-        let rows = try apply(planned, working)
-        try writeMirror(mirror)
-        try writeLedger(rows)
-        if let completed {
-          try connection.query(
-            """
-            INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, updated_at) VALUES ($1, true, $2, now())
-            ON CONFLICT (slot) DO UPDATE SET processed_lsn = EXCLUDED.processed_lsn, updated_at = now()
-            """, [slot, completed.description])
-        }
-        return rows
+      let started = ContinuousClock.now
+      var tail: [(sql: String, parameters: [String?])] = mirror.map(Self.mirrorStatement)
+      if let completed { tail.append(stateStatement(completed)) }
+      let rows: [LedgerRow]
+      if pipelining, let fast = try fastPath(planned, working, tail) {
+        rows = fast
+      } else {
+        rows = try carefulPath(planned, working, tail)
       }
+      record(rows, since: started)
     }
     policy = working
     open = transaction
@@ -137,17 +136,72 @@ public final class BatchProcessor {
     }
   }
 
-  private func inTransaction(_ body: () throws -> [LedgerRow]) throws {
-    let started = ContinuousClock.now
-    try connection.simpleQuery("BEGIN")
-    let rows: [LedgerRow]
+  /// Fast path: the whole batch in one pipeline, no savepoints. Returns
+  /// nil (after rolling back) when it cannot finish exactly; the caller then
+  /// takes the careful path.
+  private func fastPath(_ planned: [Planned], _ policy: Policy, _ tail: [(sql: String, parameters: [String?])])
+    throws -> [LedgerRow]?
+  {
+    guard !planned.isEmpty else { return nil }
+    let (fresh, owners) = try replaysAndOwners(planned)
+    try connection.enterPipelineMode()
+    let batch = PipelineBatch(connection: connection)
     do {
-      rows = try body()
+      try batch.send("BEGIN")
+      let rows = try ledgerRows(fresh, owners, policy) { handler, event in
+        guard let handler else {
+          return LedgerRow(event: event, status: .dead, reason: "no handler for \(event.type)", attempts: 0)
+        }
+        let context = HandlerContext(connection: connection, pipeline: batch)
+        switch try handler.handle(event, in: context) {
+        case .applied:
+          return LedgerRow(event: event, status: .applied, reason: nil, attempts: 1)
+        case .rejected(let reason):
+          // Its writes may be queued already: only a savepoint can undo them.
+          if context.statements > 0 { throw FastPathAbort(reason: "rejected after writing") }
+          return LedgerRow(event: event, status: .rejected, reason: reason, attempts: 1)
+        }
+      }
+      for statement in tail + [ledgerStatement(rows)].compactMap({ $0 }) {
+        try batch.send(statement.sql, statement.parameters)
+      }
+      try batch.send("COMMIT")
+      try batch.drain()
+      try connection.exitPipelineMode()
+      return rows
+    } catch {
+      batch.discard()
+      _ = try? connection.exitPipelineMode()
+      guard connection.isHealthy else { throw error }
+      _ = try? connection.simpleQuery("ROLLBACK")
+      logger.debug("batch redone carefully", metadata: ["why": "\(error)"])
+      return nil
+    }
+  }
+
+  /// Careful path: a savepoint per event, handler retries with backoff.
+  private func carefulPath(_ planned: [Planned], _ policy: Policy, _ tail: [(sql: String, parameters: [String?])])
+    throws -> [LedgerRow]
+  {
+    try connection.simpleQuery("BEGIN")
+    do {
+      var rows: [LedgerRow] = []
+      if !planned.isEmpty {
+        let (fresh, owners) = try replaysAndOwners(planned)
+        rows = try ledgerRows(fresh, owners, policy) { try run($0, $1) }
+      }
+      for statement in tail + [ledgerStatement(rows)].compactMap({ $0 }) {
+        try connection.query(statement.sql, statement.parameters)
+      }
       try connection.simpleQuery("COMMIT")
+      return rows
     } catch {
       if connection.isHealthy { _ = try? connection.simpleQuery("ROLLBACK") }
       throw error
     }
+  }
+
+  private func record(_ rows: [LedgerRow], since started: ContinuousClock.Instant) {
     for row in rows { counts[row.status, default: 0] += 1 }
     let elapsed = started.duration(to: .now)
     metrics?.recordBatch(
@@ -156,13 +210,21 @@ public final class BatchProcessor {
       now: Clock.postgresNow())
   }
 
-  /// Decides every planned event's ledger row, running handlers for the allowed ones.
-  private func apply(_ planned: [Planned], _ policy: Policy) throws -> [LedgerRow] {
-    guard !planned.isEmpty else { return [] }
+  /// Events not yet in the ledger, and the dedupe keys earlier events own.
+  private func replaysAndOwners(_ planned: [Planned]) throws -> ([Planned], [DedupeKey: String]) {
     let seen = try alreadyInLedger(planned.map(\.event))
     let fresh = planned.filter { !seen.contains(LedgerKey($0.event)) }
-    var owners = try dedupeOwners(
+    let owners = try dedupeOwners(
       fresh.filter { if case .allowed = $0.decision { $0.event.dedupeKey != nil } else { false } }.map(\.event))
+    return (fresh, owners)
+  }
+
+  /// Decides every fresh event's ledger row; `handle` runs the allowed ones.
+  private func ledgerRows(
+    _ fresh: [Planned], _ ownersBefore: [DedupeKey: String], _ policy: Policy,
+    handle: ((any EventHandler)?, Event) throws -> LedgerRow
+  ) throws -> [LedgerRow] {
+    var owners = ownersBefore
     var rows: [LedgerRow] = []
     rows.reserveCapacity(fresh.count)
     var inBatch = Set<LedgerKey>()
@@ -187,8 +249,7 @@ public final class BatchProcessor {
           }
           owners[dedupe] = "\(event.source)/\(event.id)"
         }
-        let handler = registry.handler(for: event.type, sqlFunction: policy.handlers[event.type])
-        rows.append(try run(handler, event))
+        rows.append(try handle(registry.handler(for: event.type, sqlFunction: policy.handlers[event.type]), event))
       }
     }
     return rows
@@ -282,10 +343,10 @@ public final class BatchProcessor {
     return owners
   }
 
-  /// All ledger rows of the batch in one statement.
-  private func writeLedger(_ rows: [LedgerRow]) throws {
-    guard !rows.isEmpty else { return }
-    try connection.query(
+  /// All ledger rows of the batch in one statement (nil when there are none).
+  private func ledgerStatement(_ rows: [LedgerRow]) -> (sql: String, parameters: [String?])? {
+    guard !rows.isEmpty else { return nil }
+    return (
       """
       INSERT INTO sluice.event_log
         (source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at)
@@ -299,14 +360,17 @@ public final class BatchProcessor {
         PGArray.literal(rows.map(\.reason)), PGArray.literal(rows.map { String($0.attempts) }),
         PGArray.literal(rows.map { $0.event.commitLSN?.description }),
         PGArray.literal(rows.map { $0.event.committedAt.map(PostgresTime.iso8601) }),
-      ])
+      ]
+    )
   }
 
-  /// Keeps `sluice.policy_mirror` equal to the policy being committed.
-  private func writeMirror(_ changes: [Policy.Change]) throws {
-    for change in changes {
-      try connection.query(Self.mirrorStatement(change).sql, Self.mirrorStatement(change).parameters)
-    }
+  private func stateStatement(_ completed: LSN) -> (sql: String, parameters: [String?]) {
+    (
+      """
+      INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, updated_at) VALUES ($1, true, $2, now())
+      ON CONFLICT (slot) DO UPDATE SET processed_lsn = EXCLUDED.processed_lsn, updated_at = now()
+      """, [slot, completed.description]
+    )
   }
 
   static func mirrorStatement(_ change: Policy.Change) -> (sql: String, parameters: [String?]) {

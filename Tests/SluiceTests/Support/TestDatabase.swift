@@ -73,7 +73,13 @@ final class TestDatabase: @unchecked Sendable {
     try connection.query(text, parameters).scalar
   }
 
-  deinit { connection.close() }
+  /// Slots are cluster-wide and limited: a test's slots go with its database.
+  deinit {
+    _ = try? connection.query(
+      "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database() AND NOT active"
+    )
+    connection.close()
+  }
 }
 
 /// Polls `condition` until it holds or `seconds` pass.
