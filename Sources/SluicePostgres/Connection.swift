@@ -60,6 +60,10 @@ public struct QueryResult: Sendable {
 public final class PGConnection: @unchecked Sendable {
   let handle: OpaquePointer
   private var closed = false
+  /// Statements prepared on this connection by `send`, by SQL text.
+  private var prepared: [String: String] = [:]
+  /// Only grows: a forgotten statement's name may still exist on the server.
+  private var preparedCount = 0
 
   /// Session settings pinned on every connection, so that text values have
   /// one format whatever the server's defaults are.
@@ -290,12 +294,34 @@ extension PGConnection {
     guard PQexitPipelineMode(handle) == 1 else { throw lastError("exit pipeline mode") }
   }
 
-  /// Queues one statement with bound text parameters.
-  public func send(_ sql: String, _ parameters: [String?] = []) throws {
+  /// Queues one statement with bound text parameters, as a named prepared
+  /// statement (prepared on first use, so later sends skip parse and plan).
+  /// Returns true when it also queued the PREPARE, whose result comes first.
+  @discardableResult
+  public func send(_ sql: String, _ parameters: [String?] = []) throws -> Bool {
+    var preparing = false
+    let name: String
+    if let known = prepared[sql] {
+      name = known
+    } else {
+      preparedCount += 1
+      name = "sluice_\(preparedCount)"
+      guard PQsendPrepare(handle, name, sql, Int32(parameters.count), nil) == 1 else {
+        throw lastError(Self.context(of: sql))
+      }
+      prepared[sql] = name
+      preparing = true
+    }
     let sent = withOptionalCStringArray(parameters) { pointers in
-      PQsendQueryParams(handle, sql, Int32(parameters.count), nil, pointers, nil, nil, 0)
+      PQsendQueryPrepared(handle, name, Int32(parameters.count), pointers, nil, nil, 0)
     }
     guard sent == 1 else { throw lastError(Self.context(of: sql)) }
+    return preparing
+  }
+
+  /// Forgets a prepared statement whose PREPARE or execution failed; the next send prepares it anew.
+  public func forgetPrepared(_ sql: String) {
+    prepared[sql] = nil
   }
 
   /// Marks a sync point and flushes what is queued.

@@ -5,23 +5,24 @@ import SluicePostgres
 /// (`FastPathAbort`), and the batch is redone carefully.
 final class PipelineBatch {
   let connection: PGConnection
-  /// Statements sent since the last sync, whose results are unread.
-  private(set) var unread = 0
+  /// Results owed since the last sync: the SQL of each statement (a PREPARE owes one too).
+  private var owed: [String] = []
+  var unread: Int { owed.count }
   /// Read results every so often, so neither side's socket buffer fills up.
   let syncEvery = 256
 
   init(connection: PGConnection) { self.connection = connection }
 
   func send(_ sql: String, _ parameters: [String?] = []) throws {
-    try connection.send(sql, parameters)
-    unread += 1
-    if unread >= syncEvery { try drain() }
+    if try connection.send(sql, parameters) { owed.append(sql) }
+    owed.append(sql)
+    if owed.count >= syncEvery { try drain() }
   }
 
   /// Sends a statement and waits for its result (and every one before it).
   func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
-    try connection.send(sql, parameters)
-    unread += 1
+    if try connection.send(sql, parameters) { owed.append(sql) }
+    owed.append(sql)
     guard let result = try drain() else { throw FastPathAbort(reason: "no result") }
     return result
   }
@@ -33,15 +34,21 @@ final class PipelineBatch {
     try connection.sendSync()
     var last: QueryResult?
     var failure: String?
-    for _ in 0..<unread {
+    let statements = owed
+    owed.removeAll(keepingCapacity: true)
+    for sql in statements {
       switch try connection.nextPipelineResult() {
       case .ok(let result): last = result
-      case .failed(let error): failure = failure ?? "\(error)"
-      case .aborted: failure = failure ?? "aborted"
+      case .failed(let error):
+        failure = failure ?? "\(error)"
+        connection.forgetPrepared(sql)
+      case .aborted:
+        failure = failure ?? "aborted"
+        // A PREPARE skipped by the abort never happened.
+        connection.forgetPrepared(sql)
       case .sync: throw PostgresError(message: "sync before the results it follows", context: "pipeline")
       }
     }
-    unread = 0
     guard case .sync = try connection.nextPipelineResult() else {
       throw PostgresError(message: "expected the end of a pipeline sync", context: "pipeline")
     }
@@ -51,9 +58,9 @@ final class PipelineBatch {
 
   /// After a failure: read what is still owed, ignoring errors.
   func discard() {
-    guard unread > 0 else { return }
+    guard !owed.isEmpty else { return }
     _ = try? drain()
-    unread = 0
+    owed.removeAll()
   }
 }
 
