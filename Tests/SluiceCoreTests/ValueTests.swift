@@ -95,6 +95,10 @@ import Testing
     #expect(PostgresTime.iso8601(0) == "2000-01-01T00:00:00Z")
     #expect(PostgresTime.iso8601(1_500_000) == "2000-01-01T00:00:01.500000Z")
     #expect(PostgresTime.iso8601(-1) == "1999-12-31T23:59:59.999999Z")
+    // Found by the fuzzer: extreme values overflowed instead of printing.
+    #expect(PostgresTime.iso8601(.max) == "infinity")
+    #expect(PostgresTime.iso8601(.min) == "-infinity")
+    #expect(PostgresTime.iso8601(252_455_615_999_999_999) == "9999-12-31T23:59:59.999999Z")
     // 2024-02-29 12:34:56 UTC is unix 1709210096.
     #expect(PostgresTime.iso8601(PostgresTime.fromUnix(microseconds: 1_709_210_096_000_000)) == "2024-02-29T12:34:56Z")
   }

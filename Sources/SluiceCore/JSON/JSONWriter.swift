@@ -116,6 +116,11 @@ public enum PostgresTime {
   }
 
   public static func iso8601(_ timestamp: PostgresTimestamp) -> String {
+    // Postgres writes ±infinity as Int64.max/min; anything past year 9999 is
+    // corrupt or infinite, and must not overflow the arithmetic below.
+    let limit: Int64 = 252_455_615_999_999_999  // 9999-12-31T23:59:59.999999Z in Postgres microseconds
+    if timestamp > limit { return "infinity" }
+    if timestamp < -limit - 63_113_904_000_000_000 { return "-infinity" }
     let micros = timestamp + unixEpochOffset * 1_000_000
     var seconds = micros / 1_000_000
     var fraction = micros % 1_000_000
