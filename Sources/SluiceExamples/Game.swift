@@ -7,6 +7,7 @@ public struct AwardXP: EventHandler {
   public init() {}
 
   public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    if let tooLarge = Examples.oversizedPayload(event) { return .rejected(tooLarge) }
     guard let payload = event.payload else { return .rejected("payload must be a JSON object") }
     guard let xp = payload["xp"]?.integer, (1...10_000).contains(xp) else {
       return .rejected("payload.xp must be an integer from 1 to 10000")
@@ -32,6 +33,7 @@ public struct Undo: EventHandler {
   public init() {}
 
   public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    if let tooLarge = Examples.oversizedPayload(event) { return .rejected(tooLarge) }
     guard let target = event.payload?["action_id"]?.string, Self.isUUID(target) else {
       return .rejected("payload.action_id must be a uuid")
     }
@@ -63,5 +65,18 @@ public struct Undo: EventHandler {
     return text.utf8.count == 36 && hex.count == 32
       && hex.allSatisfy { (48...57).contains($0) || (97...102).contains($0) || (65...70).contains($0) }
       && [8, 13, 18, 23].allSatisfy { Array(text.utf8)[$0] == UInt8(ascii: "-") }
+  }
+}
+
+/// Limits shared by the examples' handlers.
+public enum Examples {
+  /// A client payload larger than this is rejected before it is parsed.
+  public static let maximumPayloadBytes = 16_384
+
+  static func oversizedPayload(_ event: Event) -> String? {
+    guard case .json(let text) = event.row["payload"] ?? .null, text.utf8.count > maximumPayloadBytes else {
+      return nil
+    }
+    return "payload larger than \(maximumPayloadBytes) bytes"
   }
 }

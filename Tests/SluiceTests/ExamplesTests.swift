@@ -5,16 +5,56 @@ import Testing
 
 /// The examples of SPEC section 7, run by `sluice-examples` against a real Postgres.
 @Suite(.serialized) struct ExamplesTests {
+  @Test func daemonRoleCannotWriteOutsideItsGrants() throws {
+    let db = try TestDatabase("leastprivilege")
+    try Self.load(db)
+    let url = db.url.replacingOccurrences(of: "//postgres@", with: "//sluice_daemon@")
+    let daemonRole = try PGConnection(conninfo: url)
+    defer { daemonRole.close() }
+    #expect(try daemonRole.query("SELECT current_user").scalar == "sluice_daemon")
+    #expect(
+      try daemonRole.query("SELECT rolreplication AND NOT rolsuper FROM pg_roles WHERE rolname = current_user").scalar
+        == "t")
+    let forbidden = [
+      "INSERT INTO sluice.actor_roles (actor, role) VALUES ('mallory', 'staff')",
+      "INSERT INTO sluice.permission_rules (event_type, role) VALUES ('*', 'anyone')",
+      "UPDATE sluice.handlers SET function = 'pg_sleep'",
+      "DELETE FROM sluice.sources",
+      "DELETE FROM game.actions",
+      "INSERT INTO shop.orders (id, customer_id, product_id, quantity) VALUES (gen_random_uuid(), 'x', 'y', 1)",
+      "DELETE FROM sluice.event_log",
+      "CREATE TABLE public.evil (id int)",
+      "DROP TABLE game.user_xp",
+      "ALTER PUBLICATION sluice ADD TABLE game.user_xp",
+    ]
+    for sql in forbidden {
+      do {
+        try daemonRole.query(sql)
+        Issue.record("the daemon role could run: \(sql)")
+      } catch let error as PostgresError {
+        #expect(error.sqlState == "42501", "\(sql) → \(error)")
+      }
+    }
+  }
+
   static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent()
 
   static func load(_ db: TestDatabase) throws {
     try Migrator.migrate(db.connection, publication: "sluice")
-    for name in ["game", "shop"] {
-      let sql = try String(
-        contentsOf: repository.appendingPathComponent("sql/examples/\(name).sql"), encoding: .utf8)
+    for name in ["examples/game", "examples/shop", "roles"] {
+      let sql = try String(contentsOf: repository.appendingPathComponent("sql/\(name).sql"), encoding: .utf8)
       try db.sql(sql)
     }
+  }
+
+  /// The examples' daemon runs as the least-privileged role of sql/roles.sql.
+  func startExamplesDaemon(_ db: TestDatabase) throws -> ChildProcess {
+    let daemon = try startDaemon(
+      db, ["SLUICE_DATABASE_URL": db.url.replacingOccurrences(of: "//postgres@", with: "//sluice_daemon@")],
+      binary: "sluice-examples")
+    #expect(daemon.standardError.contains("database=postgresql://sluice_daemon@"))
+    return daemon
   }
 
   func uuid(_ n: Int) -> String { String(format: "00000000-0000-4000-8000-%012d", n) }
@@ -41,7 +81,7 @@ import Testing
     try Self.load(db)
     try db.sql(
       "INSERT INTO sluice.actor_roles (actor, role) VALUES ('ann', 'player'), ('ben', 'player'), ('cat', 'player')")
-    let daemon = try startDaemon(db, binary: "sluice-examples")
+    let daemon = try startExamplesDaemon(db)
 
     // Three offline clients of three users sync concurrently: 3 × 40 awards of 1…40 XP.
     let urls = Array(repeating: db.url, count: 3)
@@ -122,7 +162,7 @@ import Testing
     let db = try TestDatabase("level")
     try Self.load(db)
     try db.sql("INSERT INTO sluice.actor_roles (actor, role) VALUES ('eve', 'player')")
-    let daemon = try startDaemon(db, binary: "sluice-examples")
+    let daemon = try startExamplesDaemon(db)
     try action(db, 1, "eve", "award_xp", #"{"xp": 999}"#)
     try waitForLedger(db, 1)
     #expect(try db.sql("SELECT xp, level FROM game.user_xp").rows == [["999", "1"]])
@@ -145,7 +185,7 @@ import Testing
       INSERT INTO shop.products VALUES ('lamp', 'Desk lamp', 5, 2500), ('mug', 'Mug', 0, 900);
       INSERT INTO sluice.actor_roles (actor, role) VALUES ('cus1', 'customer'), ('cus2', 'customer'), ('sam', 'staff');
       """)
-    let daemon = try startDaemon(db, binary: "sluice-examples")
+    let daemon = try startExamplesDaemon(db)
     func order(_ n: Int, _ customer: String, _ product: String, _ quantity: Int) throws {
       try db.sql(
         "INSERT INTO shop.orders (id, customer_id, product_id, quantity) VALUES ($1, $2, $3, $4)",

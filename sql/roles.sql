@@ -1,0 +1,44 @@
+-- A role for the daemon with only what it needs: run as the database owner
+-- after `sluice migrate` (and after the examples, if you use them):
+--   psql -f sql/roles.sql
+--   psql -c "ALTER ROLE sluice_daemon PASSWORD '…'"      (or use another auth method)
+-- The daemon then connects as sluice_daemon. It can stream (REPLICATION),
+-- read the configuration and the sources, and write the ledger, its own
+-- state and the derived tables: nothing else. It cannot change rules or
+-- roles, nor write to a source. `sluice migrate` stays with the owner.
+
+DO $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(hashtext('sluice.roles'));
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sluice_daemon') THEN
+    CREATE ROLE sluice_daemon LOGIN REPLICATION;
+  END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA sluice TO sluice_daemon;
+-- Configuration: read only. Changes arrive through the stream.
+GRANT SELECT ON sluice.sources, sluice.permission_rules, sluice.actor_roles, sluice.handlers,
+                sluice.schema_migrations TO sluice_daemon;
+-- The ledger and the daemon's own state.
+GRANT SELECT, INSERT, UPDATE ON sluice.event_log, sluice.stream_state TO sluice_daemon;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.policy_mirror TO sluice_daemon;
+GRANT EXECUTE ON FUNCTION sluice.reject(text) TO sluice_daemon;
+
+-- The examples, when installed: read the sources, write the derived state.
+DO $$
+BEGIN
+  IF to_regclass('game.actions') IS NOT NULL THEN
+    GRANT USAGE ON SCHEMA game TO sluice_daemon;
+    GRANT SELECT ON game.actions TO sluice_daemon;
+    GRANT SELECT, INSERT, UPDATE ON game.user_xp, game.xp_awards TO sluice_daemon;
+  END IF;
+  IF to_regclass('shop.orders') IS NOT NULL THEN
+    GRANT USAGE ON SCHEMA shop TO sluice_daemon;
+    GRANT SELECT ON shop.orders, shop.restocks TO sluice_daemon;
+    GRANT SELECT, UPDATE ON shop.products TO sluice_daemon;
+    GRANT SELECT, INSERT, UPDATE ON shop.order_status TO sluice_daemon;
+    GRANT EXECUTE ON FUNCTION shop.apply_restock(jsonb) TO sluice_daemon;
+  END IF;
+END
+$$;
