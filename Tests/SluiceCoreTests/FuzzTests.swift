@@ -8,17 +8,6 @@ import Testing
 /// never trap or hang. The seed is printed; SLUICE_FUZZ_SEED and
 /// SLUICE_FUZZ_ITERATIONS replay or lengthen a run.
 @Suite struct FuzzTests {
-  struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-      state &+= 0x9E37_79B9_7F4A_7C15
-      var z = state
-      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-      return z ^ (z >> 31)
-    }
-  }
-
   static var seed: UInt64 {
     ProcessInfo.processInfo.environment["SLUICE_FUZZ_SEED"].flatMap { UInt64($0) } ?? 0x5EED_5100
   }
@@ -50,7 +39,7 @@ import Testing
   @Test func mutatedMessagesNeverTrap() throws {
     if ProcessInfo.processInfo.environment["SLUICE_WRITE_CORPUS"] != nil { try writeCorpus() }
     let corpus = try Self.corpus()
-    var random = SplitMix(state: Self.seed)
+    var random = SplitMix64(seed: Self.seed)
     print("fuzz seed: \(Self.seed), iterations: \(Self.iterations)")
     var decoded = 0
     var errors = 0
@@ -84,7 +73,7 @@ import Testing
   }
 
   @Test func randomBytesNeverTrapTheJSONParser() {
-    var random = SplitMix(state: Self.seed ^ 0x4A53_4F4E)
+    var random = SplitMix64(seed: Self.seed ^ 0x4A53_4F4E)
     let alphabet = Array("{}[]\",:0123456789.eE+-truefalsnl \\u\n\t".utf8)
     for _ in 0..<50_000 {
       let count = Int.random(in: 0..<64, using: &random)
@@ -99,7 +88,7 @@ import Testing
     #expect(JSONValue.parse("{\"xp\": 10}")?["xp"]?.integer == 10)
   }
 
-  func mutate(_ bytes: inout [UInt8], _ random: inout SplitMix) {
+  func mutate(_ bytes: inout [UInt8], _ random: inout SplitMix64) {
     let rounds = Int.random(in: 1...4, using: &random)
     for _ in 0..<rounds {
       switch Int.random(in: 0..<7, using: &random) {

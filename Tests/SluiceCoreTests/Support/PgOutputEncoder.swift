@@ -52,28 +52,14 @@ enum PgOutputEncoder {
       w.write(UInt8(ascii: "U"))
       xid(m.xid)
       w.write(m.relationID)
-      if let key = m.oldKey {
-        w.write(UInt8(ascii: "K"))
-        tuple(key, &w)
-      }
-      if let old = m.old {
-        w.write(UInt8(ascii: "O"))
-        tuple(old, &w)
-      }
+      oldTuples(m.oldKey, m.old, &w)
       w.write(UInt8(ascii: "N"))
       tuple(m.new, &w)
     case .delete(let m):
       w.write(UInt8(ascii: "D"))
       xid(m.xid)
       w.write(m.relationID)
-      if let key = m.oldKey {
-        w.write(UInt8(ascii: "K"))
-        tuple(key, &w)
-      }
-      if let old = m.old {
-        w.write(UInt8(ascii: "O"))
-        tuple(old, &w)
-      }
+      oldTuples(m.oldKey, m.old, &w)
     case .truncate(let m):
       w.write(UInt8(ascii: "T"))
       xid(m.xid)
@@ -107,6 +93,18 @@ enum PgOutputEncoder {
       w.write(m.subtransactionXID)
     }
     return w.bytes
+  }
+
+  /// 'K' then the old key, or 'O' then the whole old row, as Update and Delete carry them.
+  static func oldTuples(_ key: TupleData?, _ old: TupleData?, _ w: inout ByteWriter) {
+    if let key {
+      w.write(UInt8(ascii: "K"))
+      tuple(key, &w)
+    }
+    if let old {
+      w.write(UInt8(ascii: "O"))
+      tuple(old, &w)
+    }
   }
 
   static func tuple(_ tuple: TupleData, _ w: inout ByteWriter) {

@@ -107,18 +107,7 @@ func runCommand(
   return (status, process.standardOutput, process.standardError)
 }
 
-/// SplitMix64: a tiny seeded generator, so failures can be replayed from the printed seed.
-struct SeededGenerator: RandomNumberGenerator {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-}
+typealias SeededGenerator = SplitMix64
 
 func testSeed(default value: UInt64) -> UInt64 {
   let seed = ProcessInfo.processInfo.environment["SLUICE_TEST_SEED"].flatMap { UInt64($0) } ?? value
