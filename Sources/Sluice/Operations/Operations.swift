@@ -88,7 +88,9 @@ public struct Operations {
   {
     let ledger = try connection.query(
       """
-      SELECT commit_lsn::text, committed_at::text FROM sluice.event_log
+      SELECT commit_lsn::text,
+             (extract(epoch FROM committed_at) * 1000000)::bigint - 946684800000000  -- Postgres microseconds
+      FROM sluice.event_log
       WHERE source = $1 AND event_id = $2 AND status = 'dead' FOR UPDATE
       """, [dead.source, dead.eventID])
     guard let ledgerRow = ledger.rows.first else { return (.applied, "no longer dead") }
@@ -100,9 +102,9 @@ public struct Operations {
       [dead.eventID])
     guard let values = result.rows.first else { return (.dead, "the source row no longer exists") }
     let row = Self.typedRow(result, values)
-    var (event, _) = mapping.event(
-      from: row, commitLSN: ledgerRow[0].flatMap { LSN($0) }, committedAt: nil, xid: nil, position: nil)
-    event.committedAt = nil
+    let (event, _) = mapping.event(
+      from: row, commitLSN: ledgerRow[0].flatMap { LSN($0) }, committedAt: ledgerRow[1].flatMap { Int64($0) },
+      xid: nil, position: nil)
     let handler = registry.handler(for: event.type, sqlFunction: policy.handlers[event.type])
     let outcome = try processor.run(handler, event)
     try connection.query(
