@@ -30,6 +30,16 @@ public protocol EventHandler: Sendable {
   func handle(_ event: Event, in context: HandlerContext) throws -> Outcome
 }
 
+/// A handler that can also apply a run of consecutive events of its type in
+/// one go: a set-based statement instead of one per event. Used on the fast
+/// path; the careful path (after any failure) calls `handle` per event.
+///
+/// Contract: decide every event first, and write only for the applied ones.
+/// Return one outcome per event, in order.
+public protocol BatchEventHandler: EventHandler {
+  func handle(batch events: [Event], in context: HandlerContext) throws -> [Outcome]
+}
+
 /// Runs SQL inside the batch transaction, on behalf of one event.
 ///
 /// Careful mode: the first statement sets a savepoint, so a rejected or

@@ -2,27 +2,44 @@ public import Sluice
 
 /// `award_xp`: payload `{"xp": n}`, n an integer from 1 to 10000. Adds n to
 /// the actor's XP (and records the award so that it can be undone).
-public struct AwardXP: EventHandler {
+public struct AwardXP: BatchEventHandler {
   public let eventType = "award_xp"
   public init() {}
 
   public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
-    if let tooLarge = Examples.oversizedPayload(event) { return .rejected(tooLarge) }
-    guard let payload = event.payload else { return .rejected("payload must be a JSON object") }
-    guard let xp = payload["xp"]?.integer, (1...10_000).contains(xp) else {
-      return .rejected("payload.xp must be an integer from 1 to 10000")
+    try handle(batch: [event], in: context)[0]
+  }
+
+  /// A run of awards in one statement: XP adds up, so their order within the run does not matter.
+  public func handle(batch events: [Event], in context: HandlerContext) throws -> [Outcome] {
+    var ids: [String?] = []
+    var users: [String?] = []
+    var amounts: [String?] = []
+    let outcomes = events.map { event -> Outcome in
+      if let tooLarge = Examples.oversizedPayload(event) { return .rejected(tooLarge) }
+      guard let payload = event.payload else { return .rejected("payload must be a JSON object") }
+      guard let xp = payload["xp"]?.integer, (1...10_000).contains(xp) else {
+        return .rejected("payload.xp must be an integer from 1 to 10000")
+      }
+      ids.append(event.id)
+      users.append(event.actor)
+      amounts.append(String(xp))
+      return .applied
     }
-    // One statement: record the award and add it to the total.
+    guard !ids.isEmpty else { return outcomes }
+    // Record every award, then add each user's sum to their total.
     try context.execute(
       """
-      WITH award AS (
-        INSERT INTO game.xp_awards (action_id, user_id, xp) VALUES ($1::uuid, $2, $3::int) RETURNING user_id, xp)
+      WITH awards AS (
+        INSERT INTO game.xp_awards (action_id, user_id, xp)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[]) RETURNING user_id, xp),
+      sums AS (SELECT user_id, sum(xp) AS xp FROM awards GROUP BY user_id)
       INSERT INTO game.user_xp (user_id, xp, level)
-      SELECT user_id, xp, 1 + xp / 1000 FROM award
+      SELECT user_id, xp, 1 + xp / 1000 FROM sums
       ON CONFLICT (user_id) DO UPDATE
         SET xp = game.user_xp.xp + EXCLUDED.xp, level = 1 + (game.user_xp.xp + EXCLUDED.xp) / 1000
-      """, [event.id, event.actor, String(xp)])
-    return .applied
+      """, [PGArray.literal(ids), PGArray.literal(users), PGArray.literal(amounts)])
+    return outcomes
   }
 }
 

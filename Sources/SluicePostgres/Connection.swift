@@ -252,23 +252,28 @@ func withOptionalCStringArray<R>(_ strings: [String?], _ body: (UnsafePointer<Un
 /// (`unnest($1::text[])`): one round trip for a batch instead of one per row.
 public enum PGArray {
   public static func literal(_ values: some Sequence<String?>) -> String {
-    var out = "{"
+    // Byte-wise: this runs for every ledger row of every batch.
+    var out: [UInt8] = [UInt8(ascii: "{")]
+    out.reserveCapacity(256)
     var first = true
     for value in values {
-      if !first { out += "," }
+      if !first { out.append(UInt8(ascii: ",")) }
       first = false
-      guard let value else {
-        out += "NULL"
+      guard var value else {
+        out.append(contentsOf: "NULL".utf8)
         continue
       }
-      out += "\""
-      for char in value {
-        if char == "\"" || char == "\\" { out += "\\" }
-        out.append(char)
+      out.append(UInt8(ascii: "\""))
+      value.withUTF8 { bytes in
+        for byte in bytes {
+          if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
+          out.append(byte)
+        }
       }
-      out += "\""
+      out.append(UInt8(ascii: "\""))
     }
-    return out + "}"
+    out.append(UInt8(ascii: "}"))
+    return String(decoding: out, as: UTF8.self)
   }
 }
 

@@ -161,6 +161,18 @@ public final class BatchProcessor {
           if context.statements > 0 { throw FastPathAbort(reason: "rejected after writing") }
           return LedgerRow(event: event, status: .rejected, reason: reason, attempts: 1)
         }
+      } handleRun: { handler, events in
+        let context = HandlerContext(connection: self.connection, pipeline: batch)
+        let outcomes = try handler.handle(batch: events, in: context)
+        guard outcomes.count == events.count else {
+          throw FastPathAbort(reason: "\(handler.eventType): \(outcomes.count) outcomes for \(events.count) events")
+        }
+        return zip(events, outcomes).map { event, outcome in
+          switch outcome {
+          case .applied: LedgerRow(event: event, status: .applied, reason: nil, attempts: 1)
+          case .rejected(let reason): LedgerRow(event: event, status: .rejected, reason: reason, attempts: 1)
+          }
+        }
       }
       for statement in tail + [ledgerStatement(rows)].compactMap({ $0 }) {
         try batch.send(statement.sql, statement.parameters)
@@ -220,14 +232,24 @@ public final class BatchProcessor {
   }
 
   /// Decides every fresh event's ledger row; `handle` runs the allowed ones.
+  /// With `handleRun`, consecutive allowed events of one batch-capable type
+  /// go to it together; events with no effect (denied, duplicate,
+  /// malformed) do not break a run, any other allowed event does.
   private func ledgerRows(
     _ fresh: [Planned], _ ownersBefore: [DedupeKey: String], _ policy: Policy,
-    handle: ((any EventHandler)?, Event) throws -> LedgerRow
+    handle: ((any EventHandler)?, Event) throws -> LedgerRow,
+    handleRun: ((any BatchEventHandler, [Event]) throws -> [LedgerRow])? = nil
   ) throws -> [LedgerRow] {
     var owners = ownersBefore
     var rows: [LedgerRow] = []
     rows.reserveCapacity(fresh.count)
     var inBatch = Set<LedgerKey>()
+    var run: (handler: any BatchEventHandler, events: [Event])?
+    func flushRun() throws {
+      guard let pending = run, let handleRun else { return }
+      run = nil
+      rows += try handleRun(pending.handler, pending.events)
+    }
     for item in fresh {
       let event = item.event
       // The same row twice in one batch (a replayed stretch): once is enough.
@@ -249,9 +271,21 @@ public final class BatchProcessor {
           }
           owners[dedupe] = "\(event.source)/\(event.id)"
         }
-        rows.append(try handle(registry.handler(for: event.type, sqlFunction: policy.handlers[event.type]), event))
+        let handler = registry.handler(for: event.type, sqlFunction: policy.handlers[event.type])
+        if handleRun != nil, let batchable = handler as? any BatchEventHandler {
+          if run?.handler.eventType == event.type {
+            run?.events.append(event)
+          } else {
+            try flushRun()
+            run = (batchable, [event])
+          }
+          continue
+        }
+        try flushRun()
+        rows.append(try handle(handler, event))
       }
     }
+    try flushRun()
     return rows
   }
 
