@@ -16,10 +16,15 @@ public final class Daemon: @unchecked Sendable {
   public let metrics = Metrics()
   let notifier: SystemdNotifier
   private let health = Health()
+  /// Set when run() returns, so the stop limit stands down.
+  private let finished = StopSignal()
 
   private var policy: Policy?
   private var confirmed: LSN = .zero
   private var lastWatchdog = ContinuousClock.now
+  private var lastStatus = ContinuousClock.now
+  /// Longest graceful stop: below the unit's TimeoutStopSec=30s, so the daemon, not systemd, decides.
+  public static let maximumStopSeconds = 20
   private var lastLagCheck = ContinuousClock.now.advanced(by: .seconds(-60))
 
   public init(
@@ -35,6 +40,8 @@ public final class Daemon: @unchecked Sendable {
 
   /// Runs until `stop` is set; throws for errors a retry cannot fix.
   public func run() throws {
+    enforceStopLimit()
+    defer { finished.set() }
     var server: MetricsServer?
     if let address = configuration.metricsAddress {
       let health = health
@@ -70,14 +77,39 @@ public final class Daemon: @unchecked Sendable {
     "\(error)".split(separator: "\n").first.map(String.init) ?? ""
   }
 
-  /// The loop calls this whenever it goes round: the watchdog is fed only by real progress.
+  /// The loop calls this whenever it goes round: the watchdog is fed only by
+  /// real progress; STATUS= is refreshed every 5 s.
   private func progressed(_ status: @autoclosure () -> String) {
     health.touch()
-    guard let interval = notifier.watchdogInterval else { return }
-    if lastWatchdog.duration(to: .now) >= interval / 3 {
+    if let interval = notifier.watchdogInterval, lastWatchdog.duration(to: .now) >= interval / 3 {
       notifier.notify("WATCHDOG=1\nSTATUS=\(status())")
       lastWatchdog = .now
+      lastStatus = .now
+    } else if lastStatus.duration(to: .now) >= .seconds(5) {
+      notifier.notify("STATUS=\(status())")
+      lastStatus = .now
     }
+  }
+
+  /// A batch stuck in a handler must not hold a stop forever: past the limit, exit 1.
+  private func enforceStopLimit() {
+    let stop = stop
+    let logger = logger
+    let finished = finished
+    let thread = Thread {
+      while !stop.isSet {
+        if finished.isSet { return }
+        usleep(100_000)
+      }
+      for _ in 0..<(Self.maximumStopSeconds * 10) {
+        if finished.isSet { return }
+        usleep(100_000)
+      }
+      logger.error("graceful stop took longer than \(Self.maximumStopSeconds) s; exiting without finishing the batch")
+      exit(1)
+    }
+    thread.name = "sluice-stop-limit"
+    thread.start()
   }
 
   static func isTransient(_ error: any Error) -> Bool {

@@ -66,9 +66,12 @@ public final class PGConnection: @unchecked Sendable {
   private var preparedCount = 0
 
   /// Session settings pinned on every connection, so that text values have
-  /// one format whatever the server's defaults are.
+  /// one format whatever the server's defaults are. client_connection_check_interval
+  /// (Postgres 14+) makes the server abort a running statement within a second
+  /// of the daemon dying, so a hung handler cannot keep the slot's lock.
   public static let pinnedOptions =
     "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
+    + " -c client_connection_check_interval=1000"
 
   /// `conninfo`: a URI or `key=value` string; libpq's PG* variables and
   /// passfile apply as usual. `replication`: open a logical replication

@@ -73,6 +73,42 @@ import Testing
     #expect(try XPFixture.totals(db) == expected)
   }
 
+  @Test func aHungHandlerCannotHoldAStopForever() throws {
+    let db = try TestDatabase("hung")
+    try XPFixture.install(db)
+    try db.sql(
+      """
+      CREATE FUNCTION xp.hang(e jsonb) RETURNS void LANGUAGE plpgsql AS $$
+      BEGIN
+        IF (SELECT failing FROM xp.switches WHERE name = 'flaky') THEN PERFORM pg_sleep(600); END IF;
+        INSERT INTO xp.totals VALUES (e->>'actor', 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1;
+      END $$;
+      INSERT INTO sluice.handlers VALUES ('hang', 'xp.hang');
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('hang', 'anyone');
+      """)
+    let daemon = try startDaemon(db)
+    try XPFixture.insert(db, [("stuck", "ann", "hang", 1, nil)])
+    #expect(
+      try eventually(20, "the handler to hang") {
+        try db.scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%xp%hang%' AND state = 'active'") != "0"
+      })
+    let sent = Date()
+    daemon.signal(SIGTERM)
+    let status = daemon.waitForExit(seconds: Double(Daemon.maximumStopSeconds) + 10)
+    let waited = Date().timeIntervalSince(sent)
+    #expect(status == 1, "\(daemon.standardError.suffix(400))")
+    #expect(waited >= Double(Daemon.maximumStopSeconds) - 1 && waited < Double(Daemon.maximumStopSeconds) + 10)
+    #expect(daemon.standardError.contains("graceful stop took longer"))
+    // The dead daemon's backend gives up its statement (client_connection_check_interval)
+    // and with it the slot's lock. Fixed and restarted: the event in flight applies once.
+    try db.sql("UPDATE xp.switches SET failing = false")
+    let again = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.statuses(db)["stuck"] == "applied" })
+    again.signal(SIGTERM)
+    #expect(again.waitForExit() == 0)
+    #expect(try XPFixture.totals(db) == ["ann": 1])
+  }
+
   @Test func terminatedBackendsAreSurvived() throws {
     let db = try TestDatabase("terminate")
     try XPFixture.install(db)
