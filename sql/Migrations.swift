@@ -12,6 +12,9 @@ public struct Migration: Sendable {
 
 public enum SchemaMigrations {
   public static let all: [Migration] = [
-    Migration(version: 1, name: "001_schema", sql: String(decoding: PackageResources._01_schema_sql, as: UTF8.self))
+    Migration(version: 1, name: "001_schema", sql: String(decoding: PackageResources._01_schema_sql, as: UTF8.self)),
+    Migration(
+      version: 2, name: "002_ledger_high_water",
+      sql: String(decoding: PackageResources._02_ledger_high_water_sql, as: UTF8.self)),
   ]
 }

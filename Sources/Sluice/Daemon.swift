@@ -154,6 +154,9 @@ public final class Daemon: @unchecked Sendable {
       if policy == nil { policy = try PolicyStore.loadFromMirror(sql) }
       start = max(confirmed, slotRow[0].flatMap { LSN($0) } ?? .zero)
       processor = makeProcessor(sql, policy ?? Policy())
+      processor.ledgerHighWater = try sql.query(
+        "SELECT ledger_high_water::text FROM sluice.stream_state WHERE slot = $1", [slot]
+      ).scalar.flatMap { LSN($0) }
     } else {
       if slotRow != nil {
         // The slot was made by someone else, or our setup of it never finished:

@@ -273,11 +273,11 @@ import Testing
     #expect(errors.contains("sluice migrate"))
     let (first, output, _) = try runCommand(db, ["migrate"])
     #expect(first == 0)
-    #expect(output.contains("applied 001_schema"))
+    #expect(output.contains("applied 001_schema, 002_ledger_high_water"))
     let (second, again, _) = try runCommand(db, ["migrate"])
     #expect(second == 0)
     #expect(again.contains("up to date"))
-    #expect(try db.scalar("SELECT count(*) FROM sluice.schema_migrations") == "1")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.schema_migrations") == "2")
     #expect(
       try db.scalar("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'sluice' AND schemaname = 'sluice'")
         == "4")

@@ -53,6 +53,9 @@ public final class BatchProcessor {
   var metrics: Metrics?
   /// Send each batch in one libpq pipeline first (the fast path).
   var pipelining = true
+  /// The highest commit LSN in the ledger (from `sluice.stream_state`): the
+  /// fast path does not look up events of later transactions, which cannot be replays.
+  var ledgerHighWater: LSN?
 
   public init(
     connection: PGConnection, registry: HandlerRegistry, policy: Policy, maxAttempts: Int, slot: String,
@@ -103,7 +106,8 @@ public final class BatchProcessor {
     if !planned.isEmpty || !mirror.isEmpty {
       let started = ContinuousClock.now
       var tail: [(sql: String, parameters: [String?])] = mirror.map(Self.mirrorStatement)
-      if let completed { tail.append(stateStatement(completed)) }
+      let highWater = planned.lazy.compactMap(\.event.commitLSN).max()
+      if completed != nil || highWater != nil { tail.append(stateStatement(completed, highWater)) }
       let rows: [LedgerRow]
       if pipelining, let fast = try fastPath(planned, working, tail) {
         rows = fast
@@ -111,6 +115,7 @@ public final class BatchProcessor {
         rows = try carefulPath(planned, working, tail)
       }
       record(rows, since: started)
+      if let highWater { ledgerHighWater = max(ledgerHighWater ?? highWater, highWater) }
     }
     policy = working
     open = transaction
@@ -143,7 +148,7 @@ public final class BatchProcessor {
     throws -> [LedgerRow]?
   {
     guard !planned.isEmpty else { return nil }
-    let (fresh, owners) = try replaysAndOwners(planned)
+    let (fresh, owners) = try replaysAndOwners(planned, skipPast: ledgerHighWater)
     try connection.enterPipelineMode()
     let batch = PipelineBatch(connection: connection)
     do {
@@ -223,8 +228,15 @@ public final class BatchProcessor {
   }
 
   /// Events not yet in the ledger, and the dedupe keys earlier events own.
-  private func replaysAndOwners(_ planned: [Planned]) throws -> ([Planned], [DedupeKey: String]) {
-    let seen = try alreadyInLedger(planned.map(\.event))
+  /// With `skipPast`, events of transactions after it are taken as new without a lookup.
+  private func replaysAndOwners(_ planned: [Planned], skipPast highWater: LSN? = nil) throws -> (
+    [Planned], [DedupeKey: String]
+  ) {
+    let suspects = planned.lazy.map(\.event).filter { event in
+      guard let highWater, let commit = event.commitLSN else { return true }
+      return commit <= highWater
+    }
+    let seen = suspects.isEmpty ? [] : try alreadyInLedger(Array(suspects))
     let fresh = planned.filter { !seen.contains(LedgerKey($0.event)) }
     let owners = try dedupeOwners(
       fresh.filter { if case .allowed = $0.decision { $0.event.dedupeKey != nil } else { false } }.map(\.event))
@@ -398,12 +410,17 @@ public final class BatchProcessor {
     )
   }
 
-  private func stateStatement(_ completed: LSN) -> (sql: String, parameters: [String?]) {
+  /// The slot's progress and the ledger's high water, written with the batch.
+  private func stateStatement(_ completed: LSN?, _ highWater: LSN?) -> (sql: String, parameters: [String?]) {
     (
       """
-      INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, updated_at) VALUES ($1, true, $2, now())
-      ON CONFLICT (slot) DO UPDATE SET processed_lsn = EXCLUDED.processed_lsn, updated_at = now()
-      """, [slot, completed.description]
+      INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, ledger_high_water, updated_at)
+      VALUES ($1, true, $2, $3, now())
+      ON CONFLICT (slot) DO UPDATE SET
+        processed_lsn = coalesce(EXCLUDED.processed_lsn, stream_state.processed_lsn),
+        ledger_high_water = GREATEST(stream_state.ledger_high_water, EXCLUDED.ledger_high_water),
+        updated_at = now()
+      """, [slot, completed?.description, highWater?.description]
     )
   }
 
