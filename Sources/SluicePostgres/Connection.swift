@@ -77,8 +77,12 @@ public final class PGConnection: @unchecked Sendable {
   /// passfile apply as usual. `replication`: open a logical replication
   /// connection (`replication=database`).
   public init(conninfo: String, replication: Bool = false, applicationName: String = "sluice") throws {
-    var keys = ["dbname", "options", "fallback_application_name"]
-    var values = [conninfo, Self.pinnedOptions, applicationName]
+    // TCP keepalives first, so that the user's own URL settings override them: a
+    // silent network cut is noticed within about half a minute, not never.
+    var keys = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
+    var values = ["1", "10", "5", "3", "30000"]
+    keys += ["dbname", "options", "fallback_application_name"]
+    values += [conninfo, Self.pinnedOptions, applicationName]
     if replication {
       keys.append("replication")
       values.append("database")

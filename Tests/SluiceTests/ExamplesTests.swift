@@ -128,7 +128,8 @@ import Testing
     try action(db, 12, "ann", "teleport", "{}")
     try action(db, 13, "", "award_xp", #"{"xp": 50}"#)
     try action(db, 14, "ann", "'; DROP TABLE sluice.event_log; --", "{}")
-    try waitForLedger(db, 120 + 14 + hostile.count)
+    try action(db, 15, "x'); DELETE FROM sluice.actor_roles; --", "award_xp", #"{"xp": 50}"#)
+    try waitForLedger(db, 120 + 15 + hostile.count)
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
 
@@ -150,6 +151,8 @@ import Testing
     #expect(try outcome(db, 12).hasPrefix("denied: event type 'teleport' denied for actor 'ann'"))
     #expect(try outcome(db, 13).hasPrefix("denied"))
     #expect(try outcome(db, 14).hasPrefix("denied"))
+    #expect(try outcome(db, 15).hasPrefix("denied: event type 'award_xp' denied for actor 'x'); DELETE"))
+    #expect(try db.scalar("SELECT count(*) FROM sluice.actor_roles") == "3", "the roles are intact")
     // ann: 820 + 10000 − 10000 (undone); dan got nothing; the tables are intact.
     #expect(
       try db.sql("SELECT user_id, xp, level FROM game.user_xp ORDER BY user_id").rows == [
