@@ -275,11 +275,12 @@ public final class Daemon: @unchecked Sendable {
       if let end = try processor.process(items) {
         ack.update { $0.durable(through: end) }
       }
+      // Updates, deletes and truncates of sources are not events: counted, and logged here.
       logger.debug(
         "batch",
         metadata: [
-          "items": "\(items.count)",
-          "ms": "\(started.duration(to: .now).components.attoseconds / 1_000_000_000_000_000)",
+          "items": "\(items.count)", "ms": "\(Int(started.duration(to: .now).inSeconds * 1000))",
+          "ignored_changes_total": "\(processor.ignoredChanges)",
         ])
       progressed(status(ack))
     }

@@ -34,7 +34,7 @@ public struct SluiceLogHandler: LogHandler {
     case .json:
       var writer = JSONWriter()
       writer.raw("{\"ts\":")
-      writer.string(PostgresTime.iso8601(Self.now()))
+      writer.string(PostgresTime.iso8601(Clock.postgresNow()))
       writer.raw(",\"level\":")
       writer.string(level.rawValue)
       writer.raw(",\"msg\":")
@@ -51,12 +51,6 @@ public struct SluiceLogHandler: LogHandler {
     var bytes = Array(line.utf8)
     // One write(2) per line, so concurrent lines never interleave.
     _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
-  }
-
-  static func now() -> Int64 {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return PostgresTime.fromUnix(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
   }
 
   /// Installs the handler process-wide.

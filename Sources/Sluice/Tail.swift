@@ -126,7 +126,7 @@ public final class Tail {
           ack.keepalive(walEnd: keepalive.walEnd)
           if let end = options.endPosition, !ack.inFlight, keepalive.walEnd >= end { break reading }
           if keepalive.replyRequested {
-            try stream.send(ack.statusUpdate(clientTime: Self.now()))
+            try stream.send(ack.statusUpdate(clientTime: Clock.postgresNow()))
             lastStatus = clock.now
             lastSentFlush = ack.confirmed
           }
@@ -134,13 +134,13 @@ public final class Tail {
       }
       let elapsed = lastStatus.duration(to: clock.now)
       if elapsed > .seconds(10) || (ack.confirmed != lastSentFlush && elapsed > .seconds(1)) {
-        try stream.send(ack.statusUpdate(clientTime: Self.now()))
+        try stream.send(ack.statusUpdate(clientTime: Clock.postgresNow()))
         lastStatus = clock.now
         lastSentFlush = ack.confirmed
       }
     }
     flush()
-    try? stream.send(ack.statusUpdate(clientTime: Self.now()))
+    try? stream.send(ack.statusUpdate(clientTime: Clock.postgresNow()))
   }
 
   /// Returns the slot's confirmed position, creating the slot if missing.
@@ -179,7 +179,4 @@ public final class Tail {
     let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
     return parts.map(PGConnection.quoteIdentifier).joined(separator: ".")
   }
-
-  /// Microseconds since 2000-01-01, for status updates.
-  static func now() -> Int64 { SluiceLogHandler.now() }
 }

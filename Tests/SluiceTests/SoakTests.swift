@@ -40,6 +40,7 @@ import Testing
     // Writers: each its own connection and its own users, reconnecting through faults.
     let stop = StopSignal()
     let written = Atomic<Int>(0)
+    let writersDone = Atomic<Int>(0)
     let writers = (0..<3).map { writer in
       Thread { [url] in
         var random = SeededGenerator(seed: seed &+ UInt64(writer) &+ 1)
@@ -86,6 +87,7 @@ import Testing
             usleep(50_000)
           }
         }
+        writersDone.add(1, ordering: .releasing)
       }
     }
     writers.forEach { $0.start() }
@@ -123,7 +125,7 @@ import Testing
       }
     }
     stop.set()
-    usleep(300_000)
+    #expect(try eventually(10, "the writers to stop") { writersDone.load(ordering: .acquiring) == writers.count })
 
     let sources = """
       (SELECT count(*) FROM game.actions) + (SELECT count(*) FROM shop.orders) + (SELECT count(*) FROM shop.restocks)

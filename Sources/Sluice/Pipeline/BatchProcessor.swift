@@ -220,10 +220,9 @@ public final class BatchProcessor {
 
   private func record(_ rows: [LedgerRow], since started: ContinuousClock.Instant) {
     for row in rows { counts[row.status, default: 0] += 1 }
-    let elapsed = started.duration(to: .now)
     metrics?.recordBatch(
       rows.map { ($0.event.type, $0.status, $0.event.committedAt, $0.attempts) },
-      seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+      seconds: started.duration(to: .now).inSeconds,
       now: Clock.postgresNow())
   }
 

@@ -170,8 +170,3 @@ final class StreamReader: @unchecked Sendable {
     stream.stop()
   }
 }
-
-enum Clock {
-  /// Microseconds since 2000-01-01 UTC.
-  static func postgresNow() -> Int64 { SluiceLogHandler.now() }
-}

@@ -7,7 +7,7 @@
 /// - a keepalive's WAL end is confirmed only when nothing is in flight (no
 ///   transaction open or waiting), so an idle source does not pin WAL;
 /// - the confirmed position never goes backwards.
-public struct AckTracker: Sendable, Equatable {
+public struct AckTracker: Sendable {
   public private(set) var confirmed: LSN
   /// Highest WAL position received (reported as the "write" position).
   public private(set) var received: LSN
@@ -66,11 +66,6 @@ public struct AckTracker: Sendable, Equatable {
       pending.removeFirst(head)
       head = 0
     }
-  }
-
-  public static func == (lhs: AckTracker, rhs: AckTracker) -> Bool {
-    lhs.confirmed == rhs.confirmed && lhs.received == rhs.received && lhs.transactionOpen == rhs.transactionOpen
-      && lhs.pending.count - lhs.head == rhs.pending.count - rhs.head
   }
 
   /// The status update to send now. `clientTime`: microseconds since 2000-01-01.

@@ -54,12 +54,6 @@ public struct Event: Sendable, Equatable {
     writer.raw("}")
     return String(decoding: writer.bytes, as: UTF8.self)
   }
-
-  public static func == (lhs: Event, rhs: Event) -> Bool {
-    lhs.source == rhs.source && lhs.id == rhs.id && lhs.type == rhs.type && lhs.actor == rhs.actor
-      && lhs.scope == rhs.scope && lhs.dedupeKey == rhs.dedupeKey && lhs.row == rhs.row
-      && lhs.commitLSN == rhs.commitLSN && lhs.committedAt == rhs.committedAt
-  }
 }
 
 /// A decoded row: (column, value) pairs in column order.

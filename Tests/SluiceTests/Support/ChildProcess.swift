@@ -17,13 +17,16 @@ final class ChildProcess: @unchecked Sendable {
     let stderr = Pipe()
     process.standardOutput = stdout
     process.standardError = stderr
-    stdout.fileHandleForReading.readabilityHandler = { [out] handle in
-      let data = handle.availableData
-      out.append(data)
-    }
-    stderr.fileHandleForReading.readabilityHandler = { [err] handle in
-      let data = handle.availableData
-      err.append(data)
+    for (pipe, buffer) in [(stdout, out), (stderr, err)] {
+      pipe.fileHandleForReading.readabilityHandler = { handle in
+        let data = handle.availableData
+        if data.isEmpty {
+          handle.readabilityHandler = nil
+          buffer.finish()
+        } else {
+          buffer.append(data)
+        }
+      }
     }
     try process.run()
   }
@@ -46,8 +49,9 @@ final class ChildProcess: @unchecked Sendable {
       return nil
     }
     process.waitUntilExit()
-    // Let the pipes deliver what was still in flight.
-    usleep(50_000)
+    // Everything the process wrote is read once both pipes reached end of file.
+    let drained = Date().addingTimeInterval(5)
+    while !(out.isFinished && err.isFinished) && Date() < drained { usleep(1_000) }
     return process.terminationStatus
   }
 
@@ -78,7 +82,7 @@ func jsonObjects(_ lines: [String]) -> [[String: Any]] {
 
 /// Bytes a pipe delivered, with a running count of newlines.
 final class OutputBuffer: Sendable {
-  private let state = Mutex<(bytes: [UInt8], newlines: Int)>(([], 0))
+  private let state = Mutex<(bytes: [UInt8], newlines: Int, finished: Bool)>(([], 0, false))
 
   func append(_ data: Data) {
     let count = data.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
@@ -90,4 +94,7 @@ final class OutputBuffer: Sendable {
 
   var text: String { state.withLock { String(decoding: $0.bytes, as: UTF8.self) } }
   var newlines: Int { state.withLock { $0.newlines } }
+  /// The pipe reached end of file.
+  var isFinished: Bool { state.withLock { $0.finished } }
+  func finish() { state.withLock { $0.finished = true } }
 }
