@@ -31,7 +31,10 @@ let package = Package(
       name: "SluiceSchema",
       path: "sql",
       exclude: ["examples"],
-      resources: [.embedInCode("001_schema.sql"), .embedInCode("002_ledger_high_water.sql")]
+      resources: [
+        .embedInCode("001_schema.sql"), .embedInCode("002_ledger_high_water.sql"),
+        .embedInCode("003_poison_and_limits.sql"),
+      ]
     ),
     // Pure: decides, never touches a socket, the clock or the environment.
     .target(name: "SluiceCore", swiftSettings: upcoming),

@@ -16,5 +16,8 @@ public enum SchemaMigrations {
     Migration(
       version: 2, name: "002_ledger_high_water",
       sql: String(decoding: PackageResources._02_ledger_high_water_sql, as: UTF8.self)),
+    Migration(
+      version: 3, name: "003_poison_and_limits",
+      sql: String(decoding: PackageResources._03_poison_and_limits_sql, as: UTF8.self)),
   ]
 }

@@ -19,10 +19,8 @@ public final class Daemon: @unchecked Sendable {
   /// Set when run() returns, so the stop limit stands down.
   private let finished = StopSignal()
 
-  private var policy: Policy?
   private var confirmed: LSN = .zero
-  private var lastWatchdog = ContinuousClock.now
-  private var lastStatus = ContinuousClock.now
+  private let beat: Heartbeat
   /// Longest graceful stop: below the unit's TimeoutStopSec=30s, so the daemon, not systemd, decides.
   public static let maximumStopSeconds = 20
   private var lastLagCheck = ContinuousClock.now.advanced(by: .seconds(-60))
@@ -36,6 +34,7 @@ public final class Daemon: @unchecked Sendable {
     self.logger = logger
     self.stop = stop
     self.notifier = SystemdNotifier(environment: environment)
+    self.beat = Heartbeat(notifier: notifier, health: health)
   }
 
   /// Runs until `stop` is set; throws for errors a retry cannot fix.
@@ -77,19 +76,10 @@ public final class Daemon: @unchecked Sendable {
     "\(error)".split(separator: "\n").first.map(String.init) ?? ""
   }
 
-  /// The loop calls this whenever it goes round: the watchdog is fed only by
-  /// real progress; STATUS= is refreshed every 5 s.
-  private func progressed(_ status: @autoclosure () -> String) {
-    health.touch()
-    if let interval = notifier.watchdogInterval, lastWatchdog.duration(to: .now) >= interval / 3 {
-      notifier.notify("WATCHDOG=1\nSTATUS=\(status())")
-      lastWatchdog = .now
-      lastStatus = .now
-    } else if lastStatus.duration(to: .now) >= .seconds(5) {
-      notifier.notify("STATUS=\(status())")
-      lastStatus = .now
-    }
-  }
+  /// The loop calls this whenever it goes round, and the apply path
+  /// whenever work progresses (retries included): the watchdog is fed only
+  /// by real progress; STATUS= is refreshed every 5 s.
+  private func progressed(_ status: String) { beat.progressed(status) }
 
   /// A batch stuck in a handler must not hold a stop forever: past the limit, exit 1.
   private func enforceStopLimit() {
@@ -115,8 +105,8 @@ public final class Daemon: @unchecked Sendable {
   static func isTransient(_ error: any Error) -> Bool {
     if error is ReplicationError { return true }
     guard let error = error as? PostgresError else { return false }
-    // 55006: the slot is still active for a dying walsender; 23505: a concurrent backfill wrote the same ledger row.
-    return error.isConnectionLoss || error.sqlState == "55006" || error.sqlState == "23505"
+    // The slot is still active for a dying walsender; or a concurrent backfill wrote the same ledger row.
+    return error.isConnectionLoss || error.sqlState == .objectInUse || error.sqlState == .uniqueViolation
   }
 
   /// One connected session: returns on stop, throws on failure.
@@ -146,14 +136,16 @@ public final class Daemon: @unchecked Sendable {
     }
     var start: LSN
     let processor: BatchProcessor
-    let mirrorReady = try policy != nil || PolicyStore.isMirrorReady(sql, slot: slot)
+    let mirrorReady = try PolicyStore.isMirrorReady(sql, slot: slot)
     if let slotRow, mirrorReady {
       guard slotRow[1] == "pgoutput" else {
         throw StartupError("slot \(slot) uses plugin \(slotRow[1] ?? "?"), not pgoutput")
       }
-      if policy == nil { policy = try PolicyStore.loadFromMirror(sql) }
+      // Every session starts from the mirror: the policy as of the position
+      // it resumes from, whoever streamed in between.
+      let (policy, position) = try PolicyStore.loadFromMirror(sql, slot: slot)
       start = max(confirmed, slotRow[0].flatMap { LSN($0) } ?? .zero)
-      processor = makeProcessor(sql, policy ?? Policy())
+      processor = makeProcessor(sql, StreamPlanner(policy: policy, catalog: registry.catalog, mirrorPosition: position))
       processor.ledgerHighWater = try sql.query(
         "SELECT ledger_high_water::text FROM sluice.stream_state WHERE slot = $1", [slot]
       ).scalar.flatMap { LSN($0) }
@@ -166,9 +158,20 @@ public final class Daemon: @unchecked Sendable {
       }
       (start, processor) = try createSlotAndBackfill(stream, sql)
     }
+    // A session that did not stop cleanly may have died of an event: the
+    // next batch's events run alone, their attempts counted, until it is found.
+    let unclean = try sql.query(
+      "UPDATE sluice.stream_state SET live = true WHERE slot = $1 RETURNING (SELECT live FROM sluice.stream_state WHERE slot = $1)",
+      [slot]
+    ).scalar == "t"
+    if unclean {
+      processor.isolateNext = configuration.batchSize
+      logger.notice("the last session did not stop cleanly; the next events run one at a time until one batch is through")
+    }
     confirmed = start
 
-    let queue = BlockingQueue<StreamItem>(capacity: max(2 * configuration.batchSize, 1024))
+    let queue = BlockingQueue<StreamItem>(
+      capacity: max(2 * configuration.batchSize, 1024), byteCapacity: Self.queueBytes, cost: \.estimatedBytes)
     let ack = SharedAckTracker(confirmed: start)
     let version = ReplicationConnection.protocolVersion(serverVersion: stream.connection.serverVersion)
     try stream.startReplication(
@@ -185,24 +188,31 @@ public final class Daemon: @unchecked Sendable {
     do {
       try handleLoop(queue, reader, processor, ack)
     } catch {
-      policy = processor.policy
       reader.stopAndWait()
       throw error
     }
-    policy = processor.policy
     if stop.isSet { notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the batch in flight") }
     reader.stopAndWait()
     if let failure = reader.failure, !stop.isSet { throw failure }
     reader.finish()
     confirmed = ack.confirmed
+    if stop.isSet { try sql.query("UPDATE sluice.stream_state SET live = false WHERE slot = $1", [slot]) }
     logger.info("stopped", metadata: ["confirmed": "\(confirmed)"])
   }
 
-  private func makeProcessor(_ connection: PGConnection, _ policy: Policy) -> BatchProcessor {
+  /// Bytes of decoded rows the reader may queue ahead of the handling stage
+  /// (and the most one batch takes): memory stays bounded with large rows too.
+  static let queueBytes = 8 << 20
+
+  private func makeProcessor(_ connection: PGConnection, _ planner: StreamPlanner) -> BatchProcessor {
+    let beat = beat
     let processor = BatchProcessor(
-      connection: connection, registry: registry, policy: policy, maxAttempts: configuration.maxAttempts,
-      slot: configuration.slot, logger: logger)
+      connection: connection, registry: registry, planner: planner, maxAttempts: configuration.maxAttempts,
+      handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds, slot: configuration.slot, logger: logger,
+      tick: { beat.progressed(nil) })
     processor.metrics = metrics
+    processor.heartbeat = { beat.progressed(nil) }
+    processor.stop = stop
     return processor
   }
 
@@ -238,8 +248,8 @@ public final class Daemon: @unchecked Sendable {
     try reader.simpleQuery("BEGIN ISOLATION LEVEL REPEATABLE READ")
     try reader.simpleQuery("SET TRANSACTION SNAPSHOT \(PGConnection.quoteLiteral(snapshot))")
     let initial = try PolicyStore.loadFromTables(reader)
-    try PolicyStore.copyTablesToMirror(reader)
-    let processor = makeProcessor(sql, initial)
+    try PolicyStore.copyTablesToMirror(reader, slot: configuration.slot)
+    let processor = makeProcessor(sql, StreamPlanner(policy: initial, catalog: registry.catalog))
     var total = 0
     for source in initial.sources.values.sorted(by: { $0.relation < $1.relation }) {
       total += try Backfill.run(
@@ -247,7 +257,6 @@ public final class Daemon: @unchecked Sendable {
     }
     try PolicyStore.markReady(reader, slot: configuration.slot)
     try reader.simpleQuery("COMMIT")
-    policy = initial
     if total > 0 { logger.info("backfilled rows that predate the slot", metadata: ["rows": "\(total)"]) }
     return (created.consistentPoint, processor)
   }
@@ -259,7 +268,7 @@ public final class Daemon: @unchecked Sendable {
     let batchSize = configuration.batchSize
     let fillTimeout = Double(configuration.batchTimeoutMilliseconds) / 1000
     while !stop.isSet {
-      var items = queue.take(upTo: batchSize, timeout: 0.1)
+      var items = queue.take(upTo: batchSize, bytes: Self.queueBytes, timeout: 0.1)
       try checkLag(processor.connection)
       if items.isEmpty {
         if queue.closed { return }
@@ -269,11 +278,17 @@ public final class Daemon: @unchecked Sendable {
       // Mid-transaction, wait briefly for the rest rather than commit a sliver.
       let deadline = Date().addingTimeInterval(fillTimeout)
       while items.count < batchSize, !Self.endsAtCommit(items), Date() < deadline, !queue.closed {
-        items += queue.take(upTo: batchSize - items.count, timeout: max(0, deadline.timeIntervalSinceNow))
+        items += queue.take(
+          upTo: batchSize - items.count, bytes: Self.queueBytes - items.reduce(0) { $0 + $1.estimatedBytes },
+          timeout: max(0, deadline.timeIntervalSinceNow))
       }
       let started = ContinuousClock.now
-      if let end = try processor.process(items) {
-        ack.update { $0.durable(through: end) }
+      do {
+        if let end = try processor.process(items) {
+          ack.update { $0.durable(through: end) }
+        }
+      } catch is ApplyInterrupted {
+        return
       }
       // Updates, deletes and truncates of sources are not events: counted, and logged here.
       logger.debug(
@@ -306,6 +321,43 @@ public final class Daemon: @unchecked Sendable {
   private static func endsAtCommit(_ items: [StreamItem]) -> Bool {
     if case .commit = items.last { return true }
     return false
+  }
+}
+
+/// Feeds systemd's watchdog and STATUS= from any thread: the loop, the apply
+/// path's retries, the handler-timeout thread while a statement runs.
+final class Heartbeat: Sendable {
+  private struct State {
+    var lastWatchdog = ContinuousClock.now
+    var lastStatus = ContinuousClock.now
+    var status = "starting"
+  }
+  private let notifier: SystemdNotifier
+  private let health: Health
+  private let state = Mutex(State())
+
+  init(notifier: SystemdNotifier, health: Health) {
+    self.notifier = notifier
+    self.health = health
+  }
+
+  /// Work progressed; `status` (if given) is the new STATUS= text.
+  func progressed(_ status: String?) {
+    health.touch()
+    let message: String? = state.withLock { state in
+      if let status { state.status = status }
+      if let interval = notifier.watchdogInterval, state.lastWatchdog.duration(to: .now) >= interval / 3 {
+        state.lastWatchdog = .now
+        state.lastStatus = .now
+        return "WATCHDOG=1\nSTATUS=\(state.status)"
+      }
+      if state.lastStatus.duration(to: .now) >= .seconds(5) {
+        state.lastStatus = .now
+        return "STATUS=\(state.status)"
+      }
+      return nil
+    }
+    if let message { notifier.notify(message) }
   }
 }
 

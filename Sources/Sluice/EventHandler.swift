@@ -115,29 +115,35 @@ public struct SQLFunctionHandler: EventHandler {
   }
 
   /// `shop.apply_restock` → `"shop"."apply_restock"`: the name is quoted, never spliced raw.
-  public static func quotedFunctionName(_ name: String) -> String {
-    name.split(separator: ".", maxSplits: 1).map { PGConnection.quoteIdentifier(String($0)) }.joined(separator: ".")
-  }
+  public static func quotedFunctionName(_ name: String) -> String { PGConnection.quoteQualified(name) }
 }
 
-/// The Swift handlers compiled into a daemon, by event type. SQL handlers
-/// from `sluice.handlers` are used for types that have no Swift handler.
+/// The Swift handlers compiled into a daemon, by event type (byte-wise).
+/// SQL handlers from `sluice.handlers` are used for types that have no Swift handler.
 public struct HandlerRegistry: Sendable {
-  public private(set) var handlers: [String: any EventHandler] = [:]
+  private var handlers: [Bytewise: any EventHandler] = [:]
 
   public init(_ handlers: [any EventHandler] = []) {
     for handler in handlers { register(handler) }
   }
 
   public mutating func register(_ handler: any EventHandler) {
-    precondition(handlers[handler.eventType] == nil, "two handlers for event type \(handler.eventType)")
-    handlers[handler.eventType] = handler
+    precondition(handlers[Bytewise(handler.eventType)] == nil, "two handlers for event type \(handler.eventType)")
+    handlers[Bytewise(handler.eventType)] = handler
   }
 
-  /// The handler for a type: the Swift one if registered, else the SQL function named by the policy.
+  /// The Swift handler for a type.
+  public func handler(for type: String) -> (any EventHandler)? { handlers[Bytewise(type)] }
+
+  /// The handler for a type: the Swift one if registered, else the SQL function named.
   public func handler(for type: String, sqlFunction: String?) -> (any EventHandler)? {
-    if let handler = handlers[type] { return handler }
+    if let handler = handlers[Bytewise(type)] { return handler }
     return sqlFunction.map { SQLFunctionHandler(eventType: type, function: $0) }
+  }
+
+  /// What the planner needs to know of them.
+  public var catalog: HandlerCatalog {
+    HandlerCatalog(swift: Dictionary(uniqueKeysWithValues: handlers.map { ($0.key.text, $0.value is any BatchEventHandler) }))
   }
 }
 

@@ -1,7 +1,7 @@
 import Glibc
 public import Logging
 public import SluiceCore
-public import SluicePostgres
+import SluicePostgres
 
 /// `sluice tail`: every decoded change as one JSON line on standard output.
 public struct TailOptions: Sendable {
@@ -167,16 +167,11 @@ public final class Tail {
     guard exists.rows.isEmpty else { return }
     let target: String
     if let tables = options.tables {
-      target = "TABLE " + tables.map(Self.quoteQualified).joined(separator: ", ")
+      target = "TABLE " + tables.map(PGConnection.quoteQualified).joined(separator: ", ")
     } else {
       target = "ALL TABLES"
     }
     try connection.query("CREATE PUBLICATION \(PGConnection.quoteIdentifier(options.publication)) FOR \(target)")
     logger.info("created publication", metadata: ["publication": "\(options.publication)", "for": "\(target)"])
-  }
-
-  static func quoteQualified(_ name: String) -> String {
-    let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
-    return parts.map(PGConnection.quoteIdentifier).joined(separator: ".")
   }
 }

@@ -4,15 +4,15 @@ public import SluiceCore
 
 /// A failure reported by libpq or the server, with the SQLSTATE when there is one.
 public struct PostgresError: Error, CustomStringConvertible, Sendable {
-  /// Five-character SQLSTATE, e.g. `SL001` for `sluice.reject`, `57P01` for admin shutdown.
-  public var sqlState: String?
+  /// The SQLSTATE, when the server sent one (see `SQLState`).
+  public var sqlState: SQLState?
   public var message: String
   /// What Sluice was doing: "connect", "START_REPLICATION", the first words of a query.
   public var context: String
   /// Server-side DETAIL, when given (e.g. the reason a handler raised).
   public var detail: String?
 
-  public init(sqlState: String? = nil, message: String, context: String, detail: String? = nil) {
+  public init(sqlState: SQLState? = nil, message: String, context: String, detail: String? = nil) {
     self.sqlState = sqlState
     self.message = message
     self.context = context
@@ -27,7 +27,7 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
   /// server shutdown or crash, a terminated backend.
   public var isConnectionLoss: Bool {
     guard let state = sqlState else { return true }  // libpq-side errors: the connection broke
-    return state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300"
+    return state.isConnectionLoss
   }
 }
 
@@ -55,23 +55,54 @@ public struct QueryResult: Sendable {
   public var scalar: String? { rows.first?.first ?? nil }
 }
 
-/// One libpq connection. Every call blocks the calling thread: run it on a
-/// thread of its own (see `BlockingExecutor`), never on Swift's cooperative pool.
+/// One libpq connection. Every call blocks the calling thread: the daemon
+/// gives each connection a thread of its own, never Swift's cooperative pool.
 public final class PGConnection: @unchecked Sendable {
   let handle: OpaquePointer
   private var closed = false
-  /// Statements prepared on this connection by `send`, by SQL text.
-  private var prepared: [String: String] = [:]
-  /// Only grows: a forgotten statement's name may still exist on the server.
-  private var preparedCount = 0
+  /// Statements prepared on this connection by `send` (bounded; see `PreparedStatements`).
+  var prepared = PreparedStatements()
 
-  /// Session settings pinned on every connection, so that text values have
-  /// one format whatever the server's defaults are. client_connection_check_interval
-  /// (Postgres 14+) makes the server abort a running statement within a second
-  /// of the daemon dying, so a hung handler cannot keep the slot's lock.
+  /// Session settings pinned on every connection, whatever the database's or
+  /// role's defaults (SPEC section 8):
+  /// - text values have one format (dates, intervals, floats, bytea);
+  /// - what the guarantees rest on: commits wait for the WAL flush, read
+  ///   committed, a search_path no other schema can shadow, and no inherited
+  ///   statement, lock, idle or idle-in-transaction timeout (the handler
+  ///   timeout is the daemon's own, per attempt);
+  /// - client_connection_check_interval (Postgres 14+) aborts a running
+  ///   statement within a second of the daemon dying, so a hung handler
+  ///   cannot keep the slot's lock.
   public static let pinnedOptions =
     "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
     + " -c client_connection_check_interval=1000"
+    + " -c synchronous_commit=on -c default_transaction_isolation=read\\ committed"
+    + " -c default_transaction_read_only=off -c search_path=pg_catalog,public"
+    + " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
+    + " -c idle_session_timeout=0"
+
+  /// The `options` for a connection: the user's own (from the URL or
+  /// conninfo) first, then the pinned ones, which win where both set a value.
+  public static func options(for conninfo: String) -> String {
+    guard let user = conninfoValue(conninfo, "options"), !user.isEmpty else { return pinnedOptions }
+    return user + " " + pinnedOptions
+  }
+
+  /// One keyword's value in a URI or `key=value` conninfo (PQconninfoParse), nil if unset or unparsable.
+  public static func conninfoValue(_ conninfo: String, _ keyword: String) -> String? {
+    var error: UnsafeMutablePointer<CChar>?
+    guard let options = PQconninfoParse(conninfo, &error) else {
+      if let error { PQfreemem(error) }
+      return nil
+    }
+    defer { PQconninfoFree(options) }
+    var option = options
+    while let name = option.pointee.keyword {
+      if String(cString: name) == keyword { return option.pointee.val.map { String(cString: $0) } }
+      option += 1
+    }
+    return nil
+  }
 
   /// `conninfo`: a URI or `key=value` string; libpq's PG* variables and
   /// passfile apply as usual. `replication`: open a logical replication
@@ -82,7 +113,7 @@ public final class PGConnection: @unchecked Sendable {
     var keys = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
     var values = ["1", "10", "5", "3", "30000"]
     keys += ["dbname", "options", "fallback_application_name"]
-    values += [conninfo, Self.pinnedOptions, applicationName]
+    values += [conninfo, Self.options(for: conninfo), applicationName]
     if replication {
       keys.append("replication")
       values.append("database")
@@ -188,7 +219,7 @@ public final class PGConnection: @unchecked Sendable {
     let primary = field(UInt8(ascii: "M")) ?? trimmed(PQresultErrorMessage(result))
     let message = primary.isEmpty ? trimmed(PQerrorMessage(connection)) : primary
     return PostgresError(
-      sqlState: field(UInt8(ascii: "C")), message: message, context: context, detail: field(UInt8(ascii: "D")))
+      sqlState: field(UInt8(ascii: "C")).map(SQLState.init(rawValue:)), message: message, context: context, detail: field(UInt8(ascii: "D")))
   }
 
   static func trimmed(_ pointer: UnsafePointer<CChar>?) -> String {
@@ -221,6 +252,13 @@ public final class PGConnection: @unchecked Sendable {
   /// Quotes an identifier for SQL text (`sluice.sources` names, slot names).
   public static func quoteIdentifier(_ name: String) -> String {
     "\"" + name.replacingAll("\"", with: "\"\"") + "\""
+  }
+
+  /// Quotes a qualified name (`schema.table`, `schema.function`): each part
+  /// as an identifier, split at the first dot. The one place names from the
+  /// configuration tables become SQL text.
+  public static func quoteQualified(_ name: String) -> String {
+    name.split(separator: ".", maxSplits: 1).map { quoteIdentifier(String($0)) }.joined(separator: ".")
   }
 
   /// Quotes a literal for SQL text where parameters cannot be bound (replication commands).
@@ -313,15 +351,14 @@ extension PGConnection {
   public func send(_ sql: String, _ parameters: [String?] = []) throws -> Bool {
     var preparing = false
     let name: String
-    if let known = prepared[sql] {
+    if let known = prepared.name(for: sql) {
       name = known
     } else {
-      preparedCount += 1
-      name = "sluice_\(preparedCount)"
+      name = prepared.add(sql)
       guard PQsendPrepare(handle, name, sql, Int32(parameters.count), nil) == 1 else {
+        prepared.never(sql)
         throw lastError(Self.context(of: sql))
       }
-      prepared[sql] = name
       preparing = true
     }
     let sent = withOptionalCStringArray(parameters) { pointers in
@@ -331,10 +368,29 @@ extension PGConnection {
     return preparing
   }
 
-  /// Forgets a prepared statement whose PREPARE or execution failed; the next send prepares it anew.
-  public func forgetPrepared(_ sql: String) {
-    prepared[sql] = nil
+  /// A PREPARE that failed or was skipped (its pipeline aborted): the
+  /// statement does not exist on the server; the next send prepares it anew.
+  public func preparationFailed(_ sql: String) { prepared.never(sql) }
+
+  /// An execution failed in a way that may have broken the statement itself
+  /// (its plan no longer fits the table): deallocate it before the next batch.
+  public func executionFailed(_ sql: String, _ error: PostgresError) {
+    if error.sqlState == .featureNotSupported { prepared.drop(sql) }
   }
+
+  /// Deallocates statements evicted from the cache or broken. Call outside pipeline mode.
+  public func deallocateEvicted() throws {
+    for name in prepared.takeEvicted() {
+      do {
+        try simpleQuery("DEALLOCATE \(Self.quoteIdentifier(name))")
+      } catch let error as PostgresError where !error.isConnectionLoss {
+        // Already gone (its PREPARE was skipped after it was evicted).
+      }
+    }
+  }
+
+  /// Statements this connection holds on the server (for tests and status).
+  public var preparedStatementCount: Int { prepared.count }
 
   /// Marks a sync point and flushes what is queued.
   public func sendSync() throws {
@@ -362,5 +418,53 @@ extension PGConnection {
     } catch let error as PostgresError {
       return .failed(error)
     }
+  }
+}
+
+/// The named statements a connection prepared, by SQL text. Bounded: past
+/// `capacity` the least recently used is evicted and deallocated, so a
+/// handler that builds SQL text per event cannot grow the backend's memory.
+/// A failed execution keeps its statement (it still exists on the server);
+/// only a PREPARE that never happened is forgotten.
+struct PreparedStatements {
+  static let capacity = 64
+  private var names: [String: (name: String, used: Int)] = [:]
+  private var evicted: [String] = []
+  private var clock = 0
+  private var counter = 0
+
+  var count: Int { names.count }
+
+  mutating func name(for sql: String) -> String? {
+    guard let entry = names[sql] else { return nil }
+    clock += 1
+    names[sql] = (entry.name, clock)
+    return entry.name
+  }
+
+  /// Registers a new statement and returns its name, evicting the least recently used.
+  mutating func add(_ sql: String) -> String {
+    if names.count >= Self.capacity, let oldest = names.min(by: { $0.value.used < $1.value.used }) {
+      names[oldest.key] = nil
+      evicted.append(oldest.value.name)
+    }
+    counter += 1
+    clock += 1
+    let name = "sluice_\(counter)"
+    names[sql] = (name, clock)
+    return name
+  }
+
+  /// Its PREPARE never took effect: forget it, nothing to deallocate.
+  mutating func never(_ sql: String) { names[sql] = nil }
+
+  /// It exists on the server but must not be used again.
+  mutating func drop(_ sql: String) {
+    if let entry = names.removeValue(forKey: sql) { evicted.append(entry.name) }
+  }
+
+  mutating func takeEvicted() -> [String] {
+    defer { evicted.removeAll() }
+    return evicted
   }
 }

@@ -15,6 +15,7 @@ import Testing
     #expect(config.metricsAddress == .init(host: "127.0.0.1", port: 9464))
     #expect(config.logLevel == .info)
     #expect(config.logFormat == .text)
+    #expect(config.handlerTimeoutMilliseconds == 10_000)
   }
 
   @Test func readsEveryVariable() throws {
@@ -22,8 +23,9 @@ import Testing
       environment: url.merging([
         "SLUICE_SLOT": "s2", "SLUICE_PUBLICATION": "p2", "SLUICE_BATCH_SIZE": "50", "SLUICE_BATCH_TIMEOUT_MS": "0",
         "SLUICE_MAX_ATTEMPTS": "3", "SLUICE_METRICS_ADDR": "off", "SLUICE_LOG_LEVEL": "DEBUG",
-        "SLUICE_LOG_FORMAT": "json",
+        "SLUICE_LOG_FORMAT": "json", "SLUICE_HANDLER_TIMEOUT_MS": "1500",
       ]) { $1 })
+    #expect(config.handlerTimeoutMilliseconds == 1500)
     #expect(config.slot == "s2")
     #expect(config.publication == "p2")
     #expect(config.batchSize == 50)
@@ -42,6 +44,7 @@ import Testing
     ("SLUICE_PUBLICATION", "1pub"),
     ("SLUICE_BATCH_SIZE", "0"), ("SLUICE_BATCH_SIZE", "ten"), ("SLUICE_BATCH_SIZE", "100001"),
     ("SLUICE_BATCH_TIMEOUT_MS", "-1"), ("SLUICE_MAX_ATTEMPTS", "0"), ("SLUICE_MAX_ATTEMPTS", "1.5"),
+    ("SLUICE_HANDLER_TIMEOUT_MS", "0"), ("SLUICE_HANDLER_TIMEOUT_MS", "10s"),
     ("SLUICE_METRICS_ADDR", "9464"), ("SLUICE_METRICS_ADDR", "host:"), ("SLUICE_METRICS_ADDR", "host:70000"),
     ("SLUICE_LOG_LEVEL", "loud"), ("SLUICE_LOG_FORMAT", "xml"),
   ])

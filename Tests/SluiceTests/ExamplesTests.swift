@@ -32,7 +32,7 @@ import Testing
         try daemonRole.query(sql)
         Issue.record("the daemon role could run: \(sql)")
       } catch let error as PostgresError {
-        #expect(error.sqlState == "42501", "\(sql) → \(error)")
+        #expect(error.sqlState == .insufficientPrivilege, "\(sql) → \(error)")
       }
     }
   }

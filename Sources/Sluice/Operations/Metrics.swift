@@ -42,22 +42,24 @@ public final class Metrics: Sendable {
 
   public init() {}
 
-  /// One committed batch: its ledger rows' statuses, and commit-to-applied latency for streamed events.
-  func recordBatch(
-    _ rows: [(type: String, status: EventStatus, committedAt: PostgresTimestamp?, attempts: Int)], seconds: Double,
-    now: PostgresTimestamp
-  ) {
+  /// One committed batch: its ledger rows by type label and status, and
+  /// commit-to-applied latency for streamed events. The label is the type
+  /// only when the configuration names it (`HandlerCatalog.metricLabel`), so
+  /// clients cannot add series.
+  func recordBatch(_ entries: [LedgerEntry], seconds: Double, now: PostgresTimestamp) {
     state.withLock { state in
       state.batchSeconds.observe(seconds)
-      for row in rows {
-        state.events[Pair(type: row.type, status: row.status.rawValue), default: 0] += 1
-        if row.attempts > 1 || row.status == .dead {
-          state.handlerErrors += max(row.attempts - 1, 0) + (row.status == .dead ? 1 : 0)
+      for entry in entries {
+        state.events[Pair(type: entry.metricLabel, status: entry.status.rawValue), default: 0] += 1
+        if let committed = entry.event.committedAt {
+          state.latencySeconds.observe(max(0, Double(now - committed) / 1_000_000))
         }
-        if let committed = row.committedAt { state.latencySeconds.observe(max(0, Double(now - committed) / 1_000_000)) }
       }
     }
   }
+
+  /// One handler attempt failed (it is retried, or goes dead).
+  func handlerFailed() { state.withLock { $0.handlerErrors += 1 } }
 
   func setLag(bytes: Int, retained: Int) {
     state.withLock {

@@ -50,78 +50,100 @@ public struct Operations {
     }
   }
 
-  /// Runs dead events' handlers again (current handlers, the verdict they
-  /// already had). Returns each event's new status.
+  /// Runs dead events again: each exactly as it was recorded when it went
+  /// dead (never the current contents of its source row), with the verdict
+  /// it had (allowed), by the handler its type has now (so that deploying a
+  /// handler completes it). Returns each event's new status.
   public func retryDead(id: String?, source: String?) throws -> [(DeadEvent, EventStatus, String?)] {
     let connection = try connect()
     defer { connection.close() }
-    let policy = try PolicyStore.loadFromTables(connection)
-    let processor = BatchProcessor(
-      connection: connection, registry: registry, policy: policy, maxAttempts: configuration.maxAttempts,
-      slot: configuration.slot, logger: logger)
+    let targets = try deadTargets(id: id, source: source)
+    let deadline = StatementDeadline(connection)
+    defer { deadline.close() }
+    let environment = ApplyEnvironment(
+      connection: connection, registry: registry, deadline: deadline,
+      handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds)
+    var results: [(DeadEvent, EventStatus, String?)] = []
+    for dead in targets {
+      // One retrier per event at a time; the daemon never touches dead rows.
+      let lock = "sluice.dlq.\(dead.source)/\(dead.eventID)"
+      try connection.query("SELECT pg_advisory_lock(hashtext($1))", [lock])
+      defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext($1))", [lock]) }
+      let outcome = try retry(dead, environment)
+      results.append((dead, outcome.0, outcome.1))
+    }
+    return results
+  }
+
+  private func deadTargets(id: String?, source: String?) throws -> [DeadEvent] {
     let targets = try deadEvents().filter { event in
       (id == nil || event.eventID == id) && (source == nil || event.source == source)
     }
     if let id, targets.isEmpty {
       throw OperationError("no dead event with id \(id)\(source.map { " in \($0)" } ?? "")")
     }
-    if id != nil, targets.count > 1 {
-      throw OperationError("event id \(id!) is dead in several sources; name one with --source")
+    if let id, targets.count > 1 {
+      throw OperationError("event id \(id) is dead in several sources; name one with --source")
     }
-    var results: [(DeadEvent, EventStatus, String?)] = []
-    for dead in targets {
-      try connection.simpleQuery("BEGIN")
-      do {
-        let outcome = try retry(dead, policy, processor, connection)
-        try connection.simpleQuery("COMMIT")
-        results.append((dead, outcome.0, outcome.1))
-      } catch {
-        _ = try? connection.simpleQuery("ROLLBACK")
-        throw error
+    return targets
+  }
+
+  private func retry(_ dead: DeadEvent, _ environment: ApplyEnvironment) throws -> (EventStatus, String?) {
+    let connection = environment.connection
+    let recorded = try connection.query(
+      "SELECT event::text FROM sluice.event_log WHERE source = $1 AND event_id = $2 AND status = 'dead'",
+      [dead.source, dead.eventID])
+    guard let row = recorded.rows.first else { return (.applied, "no longer dead") }
+    guard let text = row[0], let event = EventRecord.decode(text) else {
+      return (.dead, "no record of the event was kept (dead before Sluice recorded events): discard it")
+    }
+    let function = try connection.query("SELECT function FROM sluice.handlers WHERE event_type = $1", [event.type])
+      .scalar
+    let choice: HandlerChoice? = registry.catalog.choice(for: event.type, in: Policy()) ?? function.map { .sql(function: $0) }
+    guard let choice else { return (.dead, "no handler for \(event.type)") }
+    let unit = ApplyUnit(event: event, work: .handle(choice), metricLabel: event.type)
+    let careful = CarefulStrategy(environment: environment)
+    var backoff = Backoff(baseMilliseconds: 100, capMilliseconds: 5000)
+    for attempt in 1...configuration.maxAttempts {
+      let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries in
+        entries.map { Self.resolve(dead, $0.status, $0.reason, attempts: attempt) }
+      }
+      switch outcome {
+      case .committed(let entries):
+        return (entries.first?.status ?? .applied, entries.first?.reason)
+      case .stoppedAt(_, let error, _), .failed(let error):
+        logger.warning("retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
+        if attempt == configuration.maxAttempts {
+          try connection.query(
+            Self.resolve(dead, .dead, error, attempts: attempt).sql,
+            Self.resolve(dead, .dead, error, attempts: attempt).parameters)
+          return (.dead, error)
+        }
+        usleep(UInt32(backoff.next(unit: Double.random(in: 0.5..<1))) * 1000)
       }
     }
-    return results
+    return (.dead, nil)
   }
 
-  private func retry(_ dead: DeadEvent, _ policy: Policy, _ processor: BatchProcessor, _ connection: PGConnection)
-    throws -> (EventStatus, String?)
-  {
-    let ledger = try connection.query(
-      """
-      SELECT commit_lsn::text,
-             (extract(epoch FROM committed_at) * 1000000)::bigint - 946684800000000  -- Postgres microseconds
-      FROM sluice.event_log
-      WHERE source = $1 AND event_id = $2 AND status = 'dead' FOR UPDATE
-      """, [dead.source, dead.eventID])
-    guard let ledgerRow = ledger.rows.first else { return (.applied, "no longer dead") }
-    guard let mapping = policy.sources[dead.source] else {
-      return (.dead, "\(dead.source) is no longer a source")
-    }
-    let result = try connection.query(
-      "SELECT * FROM \(Self.quoteQualified(dead.source)) t WHERE t.\(PGConnection.quoteIdentifier(mapping.idColumn))::text = $1",
-      [dead.eventID])
-    guard let values = result.rows.first else { return (.dead, "the source row no longer exists") }
-    let row = Self.typedRow(result, values)
-    let (event, _) = mapping.event(
-      from: row, commitLSN: ledgerRow[0].flatMap { LSN($0) }, committedAt: ledgerRow[1].flatMap { Int64($0) },
-      xid: nil, position: nil)
-    let handler = registry.handler(for: event.type, sqlFunction: policy.handlers[event.type])
-    let outcome = try processor.run(handler, event)
-    try connection.query(
-      """
-      UPDATE sluice.event_log SET status = $3, reason = $4, attempts = attempts + $5, processed_at = clock_timestamp()
-      WHERE source = $1 AND event_id = $2
-      """, [dead.source, dead.eventID, outcome.status.rawValue, outcome.reason, String(outcome.attempts)])
-    return (outcome.status, outcome.reason)
+  /// The dead row's new outcome; the record is kept only while it stays dead.
+  private static func resolve(_ dead: DeadEvent, _ status: EventStatus, _ reason: String?, attempts: Int) -> Statement {
+    Statement(
+      sql: """
+        UPDATE sluice.event_log SET status = $3, reason = $4, attempts = attempts + $5, processed_at = clock_timestamp(),
+          event = CASE WHEN $3 = 'dead' THEN event END
+        WHERE source = $1 AND event_id = $2 AND status = 'dead'
+        """, parameters: [dead.source, dead.eventID, status.rawValue, reason, String(attempts)])
   }
 
-  /// Marks dead events as handled without running them: status `rejected`, reason kept.
+  /// Marks a dead event as handled without running it: status `rejected`,
+  /// reason kept. An id dead in several sources needs `source`.
   public func discardDead(id: String, source: String?) throws -> Int {
+    _ = try deadTargets(id: id, source: source)
     let connection = try connect()
     defer { connection.close() }
     let result = try connection.query(
       """
-      UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(),
+      UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
         reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
       WHERE status = 'dead' AND event_id = $1 AND ($2::text IS NULL OR source = $2)
       """, [id, source])
@@ -137,20 +159,17 @@ public struct Operations {
     defer { reader.close() }
     let policy = try PolicyStore.loadFromTables(connection)
     let qualified = relation.contains(".") ? relation : "public." + relation
-    guard let source = policy.sources[qualified] else {
+    guard let source = policy.source(qualified) else {
       throw OperationError("\(qualified) is not a source: register it with sluice.add_source(...)")
     }
     let processor = BatchProcessor(
-      connection: connection, registry: registry, policy: policy, maxAttempts: configuration.maxAttempts,
+      connection: connection, registry: registry, planner: StreamPlanner(policy: policy, catalog: registry.catalog),
+      maxAttempts: configuration.maxAttempts, handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds,
       slot: configuration.slot, logger: logger)
     try reader.simpleQuery("BEGIN")
     defer { _ = try? reader.simpleQuery("COMMIT") }
     return try Backfill.run(
       source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
-  }
-
-  static func quoteQualified(_ name: String) -> String {
-    name.split(separator: ".", maxSplits: 1).map { PGConnection.quoteIdentifier(String($0)) }.joined(separator: ".")
   }
 
   static func typedRow(_ result: QueryResult, _ values: [String?]) -> Row {

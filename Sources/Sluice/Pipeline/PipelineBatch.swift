@@ -4,55 +4,69 @@ import SluicePostgres
 /// results are read back at sync points. Any failure aborts the fast path
 /// (`FastPathAbort`), and the batch is redone carefully.
 final class PipelineBatch {
+  /// A result the server owes: a PREPARE's or an execution's.
+  private struct Owed {
+    var sql: String
+    var isPrepare: Bool
+    var isLedger: Bool
+  }
+
   let connection: PGConnection
-  /// Results owed since the last sync: the SQL of each statement (a PREPARE owes one too).
-  private var owed: [String] = []
+  private var owed: [Owed] = []
   var unread: Int { owed.count }
   /// Read results every so often, so neither side's socket buffer fills up.
   let syncEvery = 256
 
   init(connection: PGConnection) { self.connection = connection }
 
-  func send(_ sql: String, _ parameters: [String?] = []) throws {
-    if try connection.send(sql, parameters) { owed.append(sql) }
-    owed.append(sql)
+  /// `ledger`: the statement writes ledger rows; a unique violation there is a `LedgerConflict`.
+  func send(_ sql: String, _ parameters: [String?] = [], ledger: Bool = false) throws {
+    if try connection.send(sql, parameters) { owed.append(Owed(sql: sql, isPrepare: true, isLedger: false)) }
+    owed.append(Owed(sql: sql, isPrepare: false, isLedger: ledger))
     if owed.count >= syncEvery { try drain() }
   }
 
   /// Sends a statement and waits for its result (and every one before it).
   func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
-    if try connection.send(sql, parameters) { owed.append(sql) }
-    owed.append(sql)
+    try send(sql, parameters)
     guard let result = try drain() else { throw FastPathAbort(reason: "no result") }
     return result
   }
 
   /// Syncs and reads every pending result; returns the last one. Throws
-  /// `FastPathAbort` if any statement failed.
+  /// `FastPathAbort` if any statement failed (`LedgerConflict` for a ledger row written by someone else).
   @discardableResult
   func drain() throws -> QueryResult? {
     try connection.sendSync()
     var last: QueryResult?
-    var failure: String?
+    var failure: (any Error)?
     let statements = owed
     owed.removeAll(keepingCapacity: true)
-    for sql in statements {
+    for statement in statements {
       switch try connection.nextPipelineResult() {
       case .ok(let result): last = result
       case .failed(let error):
-        failure = failure ?? "\(error)"
-        connection.forgetPrepared(sql)
+        if error.isConnectionLoss { failure = failure ?? error }
+        if statement.isPrepare {
+          connection.preparationFailed(statement.sql)
+        } else {
+          connection.executionFailed(statement.sql, error)
+        }
+        if statement.isLedger && error.sqlState == .uniqueViolation {
+          failure = failure ?? LedgerConflict(description: "\(error)")
+        }
+        failure = failure ?? FastPathAbort(reason: "\(error)")
       case .aborted:
-        failure = failure ?? "aborted"
+        failure = failure ?? FastPathAbort(reason: "aborted")
         // A PREPARE skipped by the abort never happened.
-        connection.forgetPrepared(sql)
+        if statement.isPrepare { connection.preparationFailed(statement.sql) }
       case .sync: throw PostgresError(message: "sync before the results it follows", context: "pipeline")
       }
     }
     guard case .sync = try connection.nextPipelineResult() else {
       throw PostgresError(message: "expected the end of a pipeline sync", context: "pipeline")
     }
-    if let failure { throw FastPathAbort(reason: failure) }
+    if let failure { throw failure }
     return last
   }
 

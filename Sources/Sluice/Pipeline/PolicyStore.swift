@@ -18,13 +18,16 @@ enum PolicyStore {
     return policy
   }
 
-  /// The policy as of the daemon's last committed batch.
-  static func loadFromMirror(_ connection: PGConnection) throws -> Policy {
+  /// The slot's policy as of the end of the last source transaction the
+  /// daemon committed, and that transaction's end LSN (see `StreamPlanner.mirrorPosition`).
+  static func loadFromMirror(_ connection: PGConnection, slot: String) throws -> (Policy, LSN?) {
+    let position = try connection.query("SELECT mirror_lsn::text FROM sluice.stream_state WHERE slot = $1", [slot])
+      .scalar.flatMap { LSN($0) }
     let result = try connection.query(
       """
       SELECT m.table_name, m.key, e.k, e.v FROM sluice.policy_mirror m
-      LEFT JOIN LATERAL jsonb_each_text(m.row) AS e(k, v) ON true ORDER BY m.table_name, m.key
-      """)
+      LEFT JOIN LATERAL jsonb_each_text(m.row) AS e(k, v) ON true WHERE m.slot = $1 ORDER BY m.table_name, m.key
+      """, [slot])
     var grouped: [String: (Policy.Table, String, [String: String?])] = [:]
     var order: [String] = []
     for row in result.rows {
@@ -41,18 +44,18 @@ enum PolicyStore {
       guard let (table, key, values) = grouped[id] else { continue }
       policy.apply(.upsert(table, key: key, row: values))
     }
-    return policy
+    return (policy, position)
   }
 
-  /// Rewrites the mirror from the configuration tables, in the connection's transaction.
-  static func copyTablesToMirror(_ connection: PGConnection) throws {
-    try connection.query("DELETE FROM sluice.policy_mirror")
+  /// Rewrites the slot's mirror from the configuration tables, in the connection's transaction.
+  static func copyTablesToMirror(_ connection: PGConnection, slot: String) throws {
+    try connection.query("DELETE FROM sluice.policy_mirror WHERE slot = $1", [slot])
     for table in Policy.Table.allCases {
       try connection.query(
         """
-        INSERT INTO sluice.policy_mirror (table_name, key, row)
-        SELECT $1, t.\(PGConnection.quoteIdentifier(table.keyColumn))::text, to_jsonb(t) FROM \(table.relation) t
-        """, [table.rawValue])
+        INSERT INTO sluice.policy_mirror (slot, table_name, key, row)
+        SELECT $1, $2, t.\(PGConnection.quoteIdentifier(table.keyColumn))::text, to_jsonb(t) FROM \(table.relation) t
+        """, [slot, table.rawValue])
     }
   }
 
@@ -64,7 +67,8 @@ enum PolicyStore {
     try connection.query(
       """
       INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, updated_at) VALUES ($1, true, NULL, now())
-      ON CONFLICT (slot) DO UPDATE SET mirror_ready = true, processed_lsn = NULL, updated_at = now()
+      ON CONFLICT (slot) DO UPDATE SET mirror_ready = true, processed_lsn = NULL, mirror_lsn = NULL,
+        ledger_high_water = NULL, updated_at = now()
       """, [slot])
   }
 }
@@ -76,15 +80,14 @@ enum Backfill {
   static func run(
     source: SourceMapping, reader: PGConnection, processor: BatchProcessor, batchSize: Int, stop: StopSignal?
   ) throws -> Int {
-    let relation = source.relation.split(separator: ".", maxSplits: 1).map { PGConnection.quoteIdentifier(String($0)) }
-      .joined(separator: ".")
+    let relation = PGConnection.quoteQualified(source.relation)
     let id = PGConnection.quoteIdentifier(source.idColumn)
     try reader.query(
       """
       DECLARE sluice_backfill NO SCROLL CURSOR FOR
       SELECT t.* FROM \(relation) t
       WHERE NOT EXISTS (SELECT 1 FROM sluice.event_log l
-                        WHERE l.source = \(PGConnection.quoteLiteral(source.relation)) AND l.event_id = t.\(id)::text)
+                        WHERE l.source = \(PGConnection.quoteLiteral(source.relation)) AND l.event_id = sluice.ledger_id(t.\(id)::text))
       ORDER BY t.\(id)
       """)
     defer { _ = try? reader.query("CLOSE sluice_backfill") }

@@ -14,6 +14,8 @@ public struct Configuration: Sendable, Equatable {
   public var batchSize: Int = 1000
   public var batchTimeoutMilliseconds: Int = 20
   public var maxAttempts: Int = 5
+  /// Longest one handler attempt may run (SPEC section 8).
+  public var handlerTimeoutMilliseconds: Int = 10_000
   /// nil when metrics are `off`.
   public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9464)
   public var logLevel: LogLevel = .info
@@ -57,6 +59,7 @@ public struct Configuration: Sendable, Equatable {
     if let size = try integer("SLUICE_BATCH_SIZE", 1...100_000) { batchSize = size }
     if let timeout = try integer("SLUICE_BATCH_TIMEOUT_MS", 0...60_000) { batchTimeoutMilliseconds = timeout }
     if let attempts = try integer("SLUICE_MAX_ATTEMPTS", 1...1000) { maxAttempts = attempts }
+    if let timeout = try integer("SLUICE_HANDLER_TIMEOUT_MS", 1...3_600_000) { handlerTimeoutMilliseconds = timeout }
     if let address = try value("SLUICE_METRICS_ADDR") {
       if address == "off" {
         metricsAddress = nil

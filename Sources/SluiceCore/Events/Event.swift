@@ -97,8 +97,10 @@ public struct SourceMapping: Sendable, Equatable {
     self.scopeColumn = scopeColumn
   }
 
-  /// Builds the event, or says why the row is malformed (it is then `rejected`).
-  /// The id is always set, so the ledger can record a malformed row too.
+  /// Builds the event, or says why the row cannot be one (it is then
+  /// `rejected` and owns no dedupe key). The id is always set, so the ledger
+  /// can record a malformed row too. Columns are looked up by name, so
+  /// columns added, dropped or moved never matter unless they are these.
   public func event(
     from row: Row, commitLSN: LSN?, committedAt: PostgresTimestamp?, xid: UInt32?, position: LSN?
   ) -> (event: Event, malformed: String?) {
@@ -118,6 +120,34 @@ public struct SourceMapping: Sendable, Equatable {
       event.type = ""
       return (event, "event type column \"\(eventTypeColumn ?? "?")\" is NULL or empty")
     }
+    if let tooLong = EventLimits.overLong(event) { return (event, tooLong) }
     return (event, nil)
+  }
+}
+
+/// SPEC section 8: client values that become identities are bounded, so
+/// that every ledger row fits the ledger's indexes whatever a client writes.
+public enum EventLimits {
+  /// Longest id, type, actor, scope or dedupe key, in UTF-8 bytes.
+  public static let maxFieldBytes = 1024
+
+  /// Why the event breaks a limit (naming the first field that does), or nil.
+  public static func overLong(_ event: Event) -> String? {
+    let fields: [(String, String?)] = [
+      ("id", event.id), ("type", event.type), ("actor", event.actor), ("scope", event.scope),
+      ("dedupe_key", event.dedupeKey),
+    ]
+    for (name, value) in fields {
+      if let count = value?.utf8.count, count > maxFieldBytes {
+        return "\(name) is \(count) bytes long; the limit is \(maxFieldBytes)"
+      }
+    }
+    return nil
+  }
+
+  /// The value as the ledger stores it: nil when it is over the limit.
+  public static func storable(_ value: String?) -> String? {
+    guard let value, value.utf8.count <= maxFieldBytes else { return nil }
+    return value
   }
 }

@@ -39,14 +39,28 @@ public struct Policy: Sendable, Equatable {
     public var scope: String?
   }
 
-  public private(set) var sources: [String: SourceMapping] = [:]
-  public private(set) var rules: [String: Rule] = [:]
-  public private(set) var grants: [String: Grant] = [:]
+  /// Keyed byte-wise (see `Bytewise`): configuration values are compared as Postgres compares them.
+  public private(set) var sources: [Bytewise: SourceMapping] = [:]
+  public private(set) var rules: [Bytewise: Rule] = [:]
+  public private(set) var grants: [Bytewise: Grant] = [:]
   /// actor → grant ids, so evaluation does not scan every grant.
-  private var grantsByActor: [String: Set<String>] = [:]
-  public private(set) var handlers: [String: String] = [:]
+  private var grantsByActor: [Bytewise: Set<Bytewise>] = [:]
+  /// event type → SQL function (`sluice.handlers`).
+  public private(set) var handlers: [Bytewise: String] = [:]
 
   public init() {}
+
+  /// The mapping of a source table (`schema.table`), if it is one.
+  public func source(_ relation: String) -> SourceMapping? { sources[Bytewise(relation)] }
+
+  /// The SQL function registered for an event type.
+  public func handlerFunction(for type: String) -> String? { handlers[Bytewise(type)] }
+
+  /// True when a rule names the type itself (not '*') or a SQL handler is
+  /// registered for it: such types are the configuration's, not a client's.
+  public func namesType(_ type: String) -> Bool {
+    handlers[Bytewise(type)] != nil || rules.values.contains { $0.eventType.bytewiseEquals(type) }
+  }
 
   public mutating func apply(_ change: Change) {
     switch change {
@@ -60,15 +74,16 @@ public struct Policy: Sendable, Equatable {
       case .handlers: handlers.removeAll()
       }
     case .delete(let table, let key):
-      remove(table, key)
+      remove(table, Bytewise(key))
     case .upsert(let table, let key, let row):
+      let key = Bytewise(key)
       remove(table, key)
       func text(_ column: String) -> String? { row[column] ?? nil }
       switch table {
       case .sources:
         guard let actor = text("actor_column") else { return }
         sources[key] = SourceMapping(
-          relation: key, eventTypeColumn: text("event_type_column"), eventType: text("event_type"),
+          relation: key.text, eventTypeColumn: text("event_type_column"), eventType: text("event_type"),
           idColumn: text("id_column") ?? "id", actorColumn: actor, dedupeColumn: text("dedupe_column"),
           scopeColumn: text("scope_column"))
       case .permissionRules:
@@ -77,7 +92,7 @@ public struct Policy: Sendable, Equatable {
       case .actorRoles:
         guard let actor = text("actor"), let role = text("role") else { return }
         grants[key] = Grant(actor: actor, role: role, scope: text("scope"))
-        grantsByActor[actor, default: []].insert(key)
+        grantsByActor[Bytewise(actor), default: []].insert(key)
       case .handlers:
         guard let function = text("function") else { return }
         handlers[key] = function
@@ -85,35 +100,38 @@ public struct Policy: Sendable, Equatable {
     }
   }
 
-  private mutating func remove(_ table: Table, _ key: String) {
+  private mutating func remove(_ table: Table, _ key: Bytewise) {
     switch table {
     case .sources: sources[key] = nil
     case .permissionRules: rules[key] = nil
     case .actorRoles:
       if let old = grants.removeValue(forKey: key) {
-        grantsByActor[old.actor]?.remove(key)
-        if grantsByActor[old.actor]?.isEmpty == true { grantsByActor[old.actor] = nil }
+        let actor = Bytewise(old.actor)
+        grantsByActor[actor]?.remove(key)
+        if grantsByActor[actor]?.isEmpty == true { grantsByActor[actor] = nil }
       }
     case .handlers: handlers[key] = nil
     }
   }
 
   /// Deny by default. Allowed iff a rule for the type (or '*') names the
-  /// role 'anyone', or a role the actor holds globally or in the event's scope.
+  /// role 'anyone', or a role the actor holds globally or in the event's
+  /// scope. Every comparison is byte-wise.
   public func evaluate(type: String, actor: String?, scope: String?) -> Verdict {
     guard let actor, !actor.isEmpty else {
       return .deny("event type '\(type)' denied: the actor is empty")
     }
-    let roles = Set(rules.values.lazy.filter { $0.eventType == type || $0.eventType == "*" }.map(\.role))
+    let roles = Set(
+      rules.values.lazy.filter { $0.eventType.bytewiseEquals(type) || $0.eventType == "*" }.map { Bytewise($0.role) })
     if roles.isEmpty {
       return .deny("event type '\(type)' denied for actor '\(actor)': no permission rule allows this type")
     }
-    if roles.contains("anyone") { return .allow }
-    for id in grantsByActor[actor] ?? [] {
-      guard let grant = grants[id], roles.contains(grant.role) else { continue }
-      if grant.scope == nil || grant.scope == scope { return .allow }
+    if roles.contains(Bytewise("anyone")) { return .allow }
+    for id in grantsByActor[Bytewise(actor)] ?? [] {
+      guard let grant = grants[id], roles.contains(Bytewise(grant.role)) else { continue }
+      if grant.scope == nil || grant.scope.bytewiseEquals(scope) { return .allow }
     }
-    let needed = roles.sorted().joined(separator: ", ")
+    let needed = roles.map(\.text).sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }.joined(separator: ", ")
     let scoped = scope.map { " in scope '\($0)'" } ?? ""
     return .deny("event type '\(type)' denied for actor '\(actor)': needs role \(needed)\(scoped)")
   }

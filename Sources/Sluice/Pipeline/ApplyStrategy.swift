@@ -1,0 +1,221 @@
+import Logging
+import SluiceCore
+import SluicePostgres
+
+/// What applying a range of units in one transaction came to. A lost
+/// connection is thrown instead: nothing is known about what committed.
+enum StrategyOutcome {
+  case committed([LedgerEntry])
+  /// Careful only: the entries before `index` committed; its handler failed with `error`.
+  case stoppedAt(Int, error: String, committed: [LedgerEntry])
+  /// Nothing committed; the failure names no event.
+  case failed(String)
+}
+
+/// One way to apply `units[range]` in one transaction. `finish` gives the
+/// statements that close it (ledger rows, stream state) for the entries it decided.
+protocol ApplyStrategy {
+  func apply(
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
+  ) throws -> StrategyOutcome
+}
+
+/// A ledger row that another writer (a concurrent `sluice backfill`) wrote
+/// first: the events must be looked up again, not retried.
+struct LedgerConflict: Error, CustomStringConvertible {
+  var description: String
+}
+
+/// A handler attempt ran past `SLUICE_HANDLER_TIMEOUT_MS`.
+struct HandlerTimeout: Error, CustomStringConvertible {
+  var milliseconds: Int
+  var description: String { "handler timed out after \(milliseconds) ms (SLUICE_HANDLER_TIMEOUT_MS)" }
+}
+
+/// What both strategies share: the apply connection, the handlers, the handler timeout.
+struct ApplyEnvironment {
+  let connection: PGConnection
+  let registry: HandlerRegistry
+  let deadline: StatementDeadline
+  let handlerTimeoutMilliseconds: Int
+
+  func handler(_ choice: HandlerChoice, _ type: String) -> (any EventHandler)? {
+    switch choice {
+    case .swift: registry.handler(for: type)
+    case .sql(let function): SQLFunctionHandler(eventType: type, function: function)
+    }
+  }
+
+  /// Errors after which the transaction cannot go on here: thrown, not reported.
+  func mustThrow(_ error: any Error) -> Bool {
+    if error is LedgerConflict { return true }
+    if let error = error as? PostgresError, error.isConnectionLoss { return true }
+    return !connection.isHealthy
+  }
+
+  func rollback() {
+    if connection.isHealthy { _ = try? connection.simpleQuery("ROLLBACK") }
+  }
+}
+
+/// The whole range in one libpq pipeline, no savepoints, one round trip per
+/// few hundred statements. Any failure (or the handler timeout passing for
+/// the range as a whole) rolls back and reports `failed`: the careful
+/// strategy then finds out which event it was.
+struct FastStrategy: ApplyStrategy {
+  let environment: ApplyEnvironment
+
+  func apply(
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
+  ) throws -> StrategyOutcome {
+    let connection = environment.connection
+    try connection.deallocateEvicted()
+    try connection.enterPipelineMode()
+    let batch = PipelineBatch(connection: connection)
+    do {
+      let (entries, _) = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
+        try batch.send("BEGIN")
+        var entries: [LedgerEntry] = []
+        entries.reserveCapacity(range.count)
+        for step in ApplyRuns.steps(units[range]) {
+          switch step {
+          case .record(let index):
+            if let entry = units[index].recordedEntry { entries.append(entry) }
+          case .handle(let index):
+            entries.append(try handle(units[index], batch, attempt: attempt))
+          case .run(let indices):
+            entries += try handleRun(indices.map { units[$0] }, batch, attempt: attempt)
+          }
+        }
+        for statement in finish(entries) {
+          try batch.send(statement.sql, statement.parameters, ledger: statement.sql.hasPrefix("INSERT INTO sluice.event_log"))
+        }
+        try batch.send("COMMIT")
+        try batch.drain()
+        return entries
+      }
+      try connection.exitPipelineMode()
+      return .committed(entries)
+    } catch {
+      batch.discard()
+      _ = try? connection.exitPipelineMode()
+      if environment.mustThrow(error) {
+        environment.rollback()
+        throw error
+      }
+      environment.rollback()
+      return .failed("\(error)")
+    }
+  }
+
+  private func handle(_ unit: ApplyUnit, _ batch: PipelineBatch, attempt: Int) throws -> LedgerEntry {
+    guard case .handle(let choice) = unit.work, let handler = environment.handler(choice, unit.event.type) else {
+      return unit.entry(.dead, reason: "no handler for \(unit.event.type)", attempts: 0)
+    }
+    let context = HandlerContext(connection: environment.connection, pipeline: batch)
+    switch try handler.handle(unit.event, in: context) {
+    case .applied:
+      return unit.entry(.applied, reason: nil, attempts: attempt)
+    case .rejected(let reason):
+      // Its writes may be queued already: only a savepoint can undo them.
+      if context.statements > 0 { throw FastPathAbort(reason: "rejected after writing") }
+      return unit.entry(.rejected, reason: reason, attempts: attempt)
+    }
+  }
+
+  private func handleRun(_ units: [ApplyUnit], _ batch: PipelineBatch, attempt: Int) throws -> [LedgerEntry] {
+    guard let first = units.first, let handler = environment.registry.handler(for: first.event.type),
+      let batchHandler = handler as? any BatchEventHandler
+    else { throw FastPathAbort(reason: "no batch handler") }
+    let context = HandlerContext(connection: environment.connection, pipeline: batch)
+    let outcomes = try batchHandler.handle(batch: units.map(\.event), in: context)
+    guard outcomes.count == units.count else {
+      throw FastPathAbort(reason: "\(handler.eventType): \(outcomes.count) outcomes for \(units.count) events")
+    }
+    return zip(units, outcomes).map { unit, outcome in
+      switch outcome {
+      case .applied: unit.entry(.applied, reason: nil, attempts: attempt)
+      case .rejected(let reason): unit.entry(.rejected, reason: reason, attempts: attempt)
+      }
+    }
+  }
+}
+
+/// One transaction, a savepoint per event, each handler tried once under
+/// the handler timeout. At the first handler that fails, the events before
+/// it commit and it is reported (`stoppedAt`); no retry, no sleep happens
+/// while other events' writes are held.
+struct CarefulStrategy: ApplyStrategy {
+  let environment: ApplyEnvironment
+
+  func apply(
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
+  ) throws -> StrategyOutcome {
+    let connection = environment.connection
+    do {
+      try connection.deallocateEvicted()
+      try connection.simpleQuery("BEGIN")
+      var entries: [LedgerEntry] = []
+      for index in range {
+        let unit = units[index]
+        guard case .handle(let choice) = unit.work else {
+          if let entry = unit.recordedEntry { entries.append(entry) }
+          continue
+        }
+        guard let handler = environment.handler(choice, unit.event.type) else {
+          entries.append(unit.entry(.dead, reason: "no handler for \(unit.event.type)", attempts: 0))
+          continue
+        }
+        let context = HandlerContext(connection: connection)
+        do {
+          let (outcome, timedOut) = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
+            try handler.handle(unit.event, in: context)
+          }
+          if timedOut { throw HandlerTimeout(milliseconds: environment.handlerTimeoutMilliseconds) }
+          switch outcome {
+          case .applied:
+            try context.commit()
+            entries.append(unit.entry(.applied, reason: nil, attempts: attempt))
+          case .rejected(let reason):
+            try context.rollback()
+            entries.append(unit.entry(.rejected, reason: reason, attempts: attempt))
+          }
+        } catch let error as PostgresError where error.sqlState == .sluiceReject {
+          try context.rollback()
+          entries.append(unit.entry(.rejected, reason: error.message, attempts: attempt))
+        } catch {
+          if environment.mustThrow(error) { throw error }
+          let failure = (error as? PostgresError).map(\.sqlState) == .queryCanceled
+            ? HandlerTimeout(milliseconds: environment.handlerTimeoutMilliseconds).description : "\(error)"
+          try context.rollback()
+          try commit(finish(entries), keeping: !entries.isEmpty)
+          return .stoppedAt(index, error: failure, committed: entries)
+        }
+      }
+      try commit(finish(entries), keeping: true)
+      return .committed(entries)
+    } catch {
+      environment.rollback()
+      if environment.mustThrow(error) { throw error }
+      return .failed("\(error)")
+    }
+  }
+
+  private func commit(_ statements: [Statement], keeping: Bool) throws {
+    let connection = environment.connection
+    guard keeping else {
+      try connection.simpleQuery("ROLLBACK")
+      return
+    }
+    for statement in statements {
+      do {
+        try connection.query(statement.sql, statement.parameters)
+      } catch let error as PostgresError
+        where error.sqlState == .uniqueViolation && statement.sql.hasPrefix("INSERT INTO sluice.event_log")
+      {
+        throw LedgerConflict(description: "\(error)")
+      }
+    }
+    try connection.simpleQuery("COMMIT")
+  }
+}

@@ -1,0 +1,163 @@
+import SluiceCore
+import SluicePostgres
+
+/// A statement and its bound parameters.
+struct Statement {
+  var sql: String
+  var parameters: [String?] = []
+}
+
+/// The SQL of the ledger (`sluice.event_log`), the slot's stream state, the
+/// policy mirror and the attempts journal: every statement the apply path
+/// writes besides the handlers' own.
+enum Ledger {
+  /// Which of these events the ledger already has (replays, skipped silently).
+  static func seen(_ events: [Event], on connection: PGConnection) throws -> Set<LedgerKey> {
+    guard !events.isEmpty else { return [] }
+    let result = try connection.query(
+      """
+      SELECT k.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(source, event_id, i)
+      JOIN sluice.event_log l ON l.source = k.source AND l.event_id = sluice.ledger_id(k.event_id)
+      """, [PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id))])
+    return Set(result.rows.compactMap { $0[0].flatMap { Int($0) }.map { LedgerKey(events[$0 - 1]) } })
+  }
+
+  /// Which of these (type, actor, dedupe key) an earlier allowed event owns, and its `source/id`.
+  static func owners(_ events: [Event], on connection: PGConnection) throws -> [DedupeKey: String] {
+    guard !events.isEmpty else { return [:] }
+    let result = try connection.query(
+      """
+      SELECT k.i, l.source || '/' || l.event_id
+      FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(event_type, actor, dedupe_key, i)
+      JOIN sluice.event_log l
+        ON sluice.dedupe_digest(l.event_type, l.actor, l.dedupe_key) = sluice.dedupe_digest(k.event_type, k.actor, k.dedupe_key)
+       AND l.dedupe_key IS NOT NULL AND l.status IN ('applied', 'rejected', 'dead')
+      """,
+      [
+        PGArray.literal(events.map(\.type)), PGArray.literal(events.map { $0.actor ?? "" }),
+        PGArray.literal(events.map(\.dedupeKey)),
+      ])
+    var owners: [DedupeKey: String] = [:]
+    for row in result.rows {
+      guard let index = row[0].flatMap({ Int($0) }) else { continue }
+      let event = events[index - 1]
+      owners[DedupeKey(type: event.type, actor: event.actor ?? "", key: event.dedupeKey ?? "")] = row[1] ?? ""
+    }
+    return owners
+  }
+
+  /// All these ledger rows in one statement. Values over the limits are not
+  /// stored, an over-long id is stored as its digest (`sluice.ledger_id`),
+  /// rows that could not become events store no dedupe key, and a dead
+  /// event stores its record for `dlq retry`.
+  static func insert(_ entries: [LedgerEntry]) -> Statement {
+    Statement(
+      sql: """
+        INSERT INTO sluice.event_log
+          (source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
+        SELECT source, sluice.ledger_id(event_id), event_type, actor, dedupe_key, status, reason, attempts, commit_lsn,
+               committed_at, event
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                    $8::int[], $9::pg_lsn[], $10::timestamptz[], $11::jsonb[])
+          AS k(source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
+        """,
+      parameters: [
+        PGArray.literal(entries.map(\.event.source)), PGArray.literal(entries.map(\.event.id)),
+        PGArray.literal(entries.map { EventLimits.storable($0.event.type) }),
+        PGArray.literal(entries.map { EventLimits.storable($0.event.actor) }),
+        PGArray.literal(entries.map { $0.ownsKey ? EventLimits.storable($0.event.dedupeKey) : nil }),
+        PGArray.literal(entries.map(\.status.rawValue)),
+        PGArray.literal(entries.map(\.reason)), PGArray.literal(entries.map { String($0.attempts) }),
+        PGArray.literal(entries.map { $0.event.commitLSN?.description }),
+        PGArray.literal(entries.map { $0.event.committedAt.map(PostgresTime.iso8601) }),
+        PGArray.literal(entries.map { $0.status == .dead ? EventRecord.encode($0.event) : nil }),
+      ])
+  }
+
+  /// The last resort when an event's ledger row itself cannot be written:
+  /// only what always fits (source, digest-safe id, status, reason).
+  static func minimalDead(_ event: Event, reason: String, attempts: Int) -> Statement {
+    Statement(
+      sql: """
+        INSERT INTO sluice.event_log (source, event_id, status, reason, attempts, commit_lsn)
+        VALUES ($1, sluice.ledger_id($2), 'dead', $3, $4, $5::pg_lsn)
+        """,
+      parameters: [event.source, event.id, String(decoding: reason.utf8.prefix(4096), as: UTF8.self), String(attempts),
+        event.commitLSN?.description])
+  }
+
+  /// The slot's progress, the ledger's high water (events of later
+  /// transactions cannot be replays) and the mirror's position, written
+  /// with the rows they describe.
+  static func state(slot: String, completed: LSN?, highWater: LSN?, mirrorLSN: LSN?) -> Statement {
+    Statement(
+      sql: """
+        INSERT INTO sluice.stream_state (slot, mirror_ready, processed_lsn, ledger_high_water, mirror_lsn, updated_at)
+        VALUES ($1, true, $2, $3, $4, now())
+        ON CONFLICT (slot) DO UPDATE SET
+          processed_lsn = coalesce(EXCLUDED.processed_lsn, stream_state.processed_lsn),
+          ledger_high_water = GREATEST(stream_state.ledger_high_water, EXCLUDED.ledger_high_water),
+          mirror_lsn = coalesce(EXCLUDED.mirror_lsn, stream_state.mirror_lsn),
+          updated_at = now()
+        """, parameters: [slot, completed?.description, highWater?.description, mirrorLSN?.description])
+  }
+
+  static func mirror(_ change: Policy.Change, slot: String) -> Statement {
+    switch change {
+    case .upsert(let table, let key, let row):
+      var writer = JSONWriter()
+      writer.object(
+        row.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }.map {
+          ($0.key, $0.value.map(ColumnValue.text) ?? .null)
+        })
+      return Statement(
+        sql: """
+          INSERT INTO sluice.policy_mirror (slot, table_name, key, row) VALUES ($1, $2, $3, $4::jsonb)
+          ON CONFLICT (slot, table_name, key) DO UPDATE SET row = EXCLUDED.row
+          """, parameters: [slot, table.rawValue, key, String(decoding: writer.bytes, as: UTF8.self)])
+    case .delete(let table, let key):
+      return Statement(
+        sql: "DELETE FROM sluice.policy_mirror WHERE slot = $1 AND table_name = $2 AND key = $3",
+        parameters: [slot, table.rawValue, key])
+    case .truncate(let table):
+      return Statement(
+        sql: "DELETE FROM sluice.policy_mirror WHERE slot = $1 AND table_name = $2", parameters: [slot, table.rawValue])
+    }
+  }
+
+  // MARK: - The attempts journal
+
+  /// Counts one more attempt of an event retried alone, committed on its own
+  /// (and flushed) before the attempt runs: if the attempt kills the daemon
+  /// or its backend, it has been counted. Returns the attempt's number and
+  /// the error the previous attempt left.
+  static func beginAttempt(_ event: Event, on connection: PGConnection) throws -> (Int, String?) {
+    let row = try connection.query(
+      """
+      WITH prior AS (
+        SELECT last_error FROM sluice.attempts WHERE source = $1 AND event_id = sluice.ledger_id($2) FOR UPDATE)
+      INSERT INTO sluice.attempts AS a (source, event_id, attempts, last_error)
+      VALUES ($1, sluice.ledger_id($2), 1, $3)
+      ON CONFLICT (source, event_id) DO UPDATE
+        SET attempts = a.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now()
+      RETURNING a.attempts, (SELECT last_error FROM prior)
+      """,
+      [event.source, event.id, "the daemon or its database session died while handling this event"]
+    ).rows.first
+    return (Int(row?[0] ?? "") ?? 1, row?[1] ?? nil)
+  }
+
+  /// What the attempt that just failed failed with.
+  static func failAttempt(_ event: Event, error: String, on connection: PGConnection) throws {
+    try connection.query(
+      "UPDATE sluice.attempts SET last_error = $3, updated_at = now() WHERE source = $1 AND event_id = sluice.ledger_id($2)",
+      [event.source, event.id, error])
+  }
+
+  /// Written in the transaction that gives the event its ledger row.
+  static func endAttempts(_ event: Event) -> Statement {
+    Statement(
+      sql: "DELETE FROM sluice.attempts WHERE source = $1 AND event_id = sluice.ledger_id($2)",
+      parameters: [event.source, event.id])
+  }
+}

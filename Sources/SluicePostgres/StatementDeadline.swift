@@ -1,0 +1,95 @@
+public import CLibPQ
+import Foundation
+
+/// Cancels whatever a connection is running once a deadline passes: the
+/// handler timeout (SPEC section 8). One thread per connection, parked
+/// while disarmed. While armed it also calls `tick` about every second, so
+/// a long but bounded statement still counts as progress for the watchdog.
+public final class StatementDeadline: @unchecked Sendable {
+  private let cancel: OpaquePointer?
+  private let condition = NSCondition()
+  private var deadline: ContinuousClock.Instant?
+  private var fired = false
+  private var closed = false
+  private let tick: @Sendable () -> Void
+
+  public init(_ connection: PGConnection, tick: @escaping @Sendable () -> Void = {}) {
+    cancel = PQgetCancel(connection.handle)
+    self.tick = tick
+    let thread = Thread { [self] in watch() }
+    thread.name = "sluice-deadline"
+    thread.start()
+  }
+
+  deinit {
+    if let cancel { PQfreeCancel(cancel) }
+  }
+
+  /// Ends the watching thread.
+  public func close() {
+    condition.lock()
+    closed = true
+    condition.broadcast()
+    condition.unlock()
+  }
+
+  /// Runs `body` with a deadline. Returns its result and whether the
+  /// deadline passed (then whatever ran was cancelled, or ran too long).
+  public func run<T>(milliseconds: Int, _ body: () throws -> T) rethrows -> (T, timedOut: Bool) {
+    condition.lock()
+    deadline = .now.advanced(by: .milliseconds(milliseconds))
+    fired = false
+    condition.broadcast()
+    condition.unlock()
+    defer {
+      condition.lock()
+      deadline = nil
+      condition.unlock()
+    }
+    let result = try body()
+    condition.lock()
+    let late = fired || (deadline.map { ContinuousClock.now >= $0 } ?? false)
+    condition.unlock()
+    return (result, late)
+  }
+
+  private func watch() {
+    condition.lock()
+    while !closed {
+      guard let due = deadline else {
+        condition.wait()
+        continue
+      }
+      let now = ContinuousClock.now
+      if now >= due {
+        deadline = nil
+        fired = true
+        condition.unlock()
+        sendCancel()
+        condition.lock()
+        continue
+      }
+      let step = min(due, now.advanced(by: .seconds(1)))
+      _ = condition.wait(until: Date().addingTimeInterval(now.duration(to: step).seconds))
+      if deadline != nil {
+        condition.unlock()
+        tick()
+        condition.lock()
+      }
+    }
+    condition.unlock()
+  }
+
+  private func sendCancel() {
+    guard let cancel else { return }
+    var buffer = [CChar](repeating: 0, count: 256)
+    _ = PQcancel(cancel, &buffer, Int32(buffer.count))
+  }
+}
+
+extension Duration {
+  var seconds: Double {
+    let (whole, fraction) = components
+    return Double(whole) + Double(fraction) / 1e18
+  }
+}
