@@ -67,7 +67,7 @@ public final class PGConnection: @unchecked Sendable {
   /// role's defaults (SPEC section 8):
   /// - text values have one format (dates, intervals, floats, bytea);
   /// - what the guarantees rest on: commits wait for the WAL flush, read
-  ///   committed, a search_path no other schema can shadow, and no inherited
+  ///   committed, search_path `public` (pg_catalog is searched first, so no other schema can shadow a built-in), and no inherited
   ///   statement, lock, idle or idle-in-transaction timeout (the handler
   ///   timeout is the daemon's own, per attempt);
   /// - client_connection_check_interval (Postgres 14+) aborts a running
@@ -77,7 +77,7 @@ public final class PGConnection: @unchecked Sendable {
     "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
     + " -c client_connection_check_interval=1000"
     + " -c synchronous_commit=on -c default_transaction_isolation=read\\ committed"
-    + " -c default_transaction_read_only=off -c search_path=pg_catalog,public"
+    + " -c default_transaction_read_only=off -c search_path=public"
     + " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
     + " -c idle_session_timeout=0"
 

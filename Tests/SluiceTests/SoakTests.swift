@@ -135,7 +135,7 @@ import Testing
       try eventually(120, "the ledger to catch up with \(total) source rows") { try XPFixture.ledgerCount(db) >= total }
     )
     daemon.signal(SIGTERM)
-    #expect(daemon.waitForExit() == 0)
+    #expect(daemon.waitForExit() == 0, "\(daemon.standardError.suffix(3000))")
 
     // Every source row has exactly one ledger row, and nothing else is in the ledger.
     let lost =
