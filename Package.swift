@@ -68,6 +68,10 @@ let package = Package(
     .target(name: "SluiceExamples", dependencies: ["Sluice", "SluiceCore"], swiftSettings: upcoming),
     .executableTarget(
       name: "sluice-examples", dependencies: ["SluiceCLI", "SluiceExamples"], swiftSettings: upcoming),
+    // Test-only: `sluice` with handlers that crash on purpose (poison-event tests).
+    .executableTarget(
+      name: "sluice-fixtures", dependencies: ["Sluice", "SluiceCLI"], path: "Tests/Fixtures/sluice-fixtures",
+      swiftSettings: upcoming),
     .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], swiftSettings: upcoming),
     .testTarget(
       name: "SluiceTests",

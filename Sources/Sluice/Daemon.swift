@@ -160,13 +160,15 @@ public final class Daemon: @unchecked Sendable {
     }
     // A session that did not stop cleanly may have died of an event: the
     // next batch's events run alone, their attempts counted, until it is found.
-    let unclean = try sql.query(
-      "UPDATE sluice.stream_state SET live = true WHERE slot = $1 RETURNING (SELECT live FROM sluice.stream_state WHERE slot = $1)",
-      [slot]
-    ).scalar == "t"
+    let unclean =
+      try sql.query(
+        "UPDATE sluice.stream_state SET live = true WHERE slot = $1 RETURNING (SELECT live FROM sluice.stream_state WHERE slot = $1)",
+        [slot]
+      ).scalar == "t"
     if unclean {
       processor.isolateNext = configuration.batchSize
-      logger.notice("the last session did not stop cleanly; the next events run one at a time until one batch is through")
+      logger.notice(
+        "the last session did not stop cleanly; the next events run one at a time until one batch is through")
     }
     confirmed = start
 

@@ -143,7 +143,8 @@ public struct HandlerRegistry: Sendable {
 
   /// What the planner needs to know of them.
   public var catalog: HandlerCatalog {
-    HandlerCatalog(swift: Dictionary(uniqueKeysWithValues: handlers.map { ($0.key.text, $0.value is any BatchEventHandler) }))
+    HandlerCatalog(
+      swift: Dictionary(uniqueKeysWithValues: handlers.map { ($0.key.text, $0.value is any BatchEventHandler) }))
   }
 }
 

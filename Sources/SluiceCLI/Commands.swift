@@ -67,6 +67,7 @@ struct RunCommand: ParsableCommand {
   func run() throws {
     let config = loadConfiguration()
     StopSignal.installProcessHandlers()
+    boundMallocArenas()
     let logger = Logger(label: "sluice")
     logger.info(
       "starting",
@@ -267,3 +268,16 @@ struct TailCommand: ParsableCommand {
     try reportingFailure("tail") { try tail.run() }
   }
 }
+
+/// A row of several MB is decoded, queued and bound once each: glibc would
+/// keep such blocks in per-thread arenas (and raise its mmap threshold after
+/// the first is freed), so RSS would stay at the high-water mark of every
+/// thread. Large blocks are mapped and returned at once, and arenas are few.
+func boundMallocArenas() {
+  let mmapThreshold: Int32 = -3, arenaMax: Int32 = -8  // M_MMAP_THRESHOLD, M_ARENA_MAX (malloc.h)
+  _ = mallopt(mmapThreshold, 256 * 1024)
+  _ = mallopt(arenaMax, 2)
+}
+
+/// glibc's mallopt(3); Swift's Glibc module does not export malloc.h.
+@_silgen_name("mallopt") private func mallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -219,7 +219,8 @@ public final class PGConnection: @unchecked Sendable {
     let primary = field(UInt8(ascii: "M")) ?? trimmed(PQresultErrorMessage(result))
     let message = primary.isEmpty ? trimmed(PQerrorMessage(connection)) : primary
     return PostgresError(
-      sqlState: field(UInt8(ascii: "C")).map(SQLState.init(rawValue:)), message: message, context: context, detail: field(UInt8(ascii: "D")))
+      sqlState: field(UInt8(ascii: "C")).map(SQLState.init(rawValue:)), message: message, context: context,
+      detail: field(UInt8(ascii: "D")))
   }
 
   static func trimmed(_ pointer: UnsafePointer<CChar>?) -> String {

@@ -28,7 +28,10 @@ import Testing
       "a single unit that fails carefully goes alone", 1, 0, [.failed, .failed, .committed],
       [.fast(0..<1), .careful(0..<1), .alone(0)]
     ),
-    ("after a crash: the first units alone", 3, 2, [.committed, .committed, .committed], [.alone(0), .alone(1), .fast(2..<3)]),
+    (
+      "after a crash: the first units alone", 3, 2, [.committed, .committed, .committed],
+      [.alone(0), .alone(1), .fast(2..<3)]
+    ),
     ("isolation longer than the batch", 2, 10, [.committed, .committed], [.alone(0), .alone(1)]),
     ("empty batch: nothing to do", 0, 0, [], []),
   ]

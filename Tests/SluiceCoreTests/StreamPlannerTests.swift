@@ -22,7 +22,8 @@ import Testing
   }
   static func row(_ id: String, _ type: String?, _ actor: String?, key: String? = nil, scope: String? = nil) -> Row {
     Row([
-      ("id", .text(id)), ("type", type.map(ColumnValue.text) ?? .null), ("user_id", actor.map(ColumnValue.text) ?? .null),
+      ("id", .text(id)), ("type", type.map(ColumnValue.text) ?? .null),
+      ("user_id", actor.map(ColumnValue.text) ?? .null),
       ("key", key.map(ColumnValue.text) ?? .null), ("scope", scope.map(ColumnValue.text) ?? .null),
     ])
   }
@@ -50,15 +51,24 @@ import Testing
 
   @Test(arguments: [
     ("allowed, SQL handler", row("1", "award", "ann"), Candidate.Decision.allowed(.sql(function: "g.award"))),
-    ("no rule", row("2", "other", "ann"), .denied("event type 'other' denied for actor 'ann': no permission rule allows this type")),
+    (
+      "no rule", row("2", "other", "ann"),
+      .denied("event type 'other' denied for actor 'ann': no permission rule allows this type")
+    ),
     ("no role", row("3", "award", "bob"), .denied("event type 'award' denied for actor 'bob': needs role player")),
     ("NULL actor", row("4", "award", nil), .denied("event type 'award' denied: the actor is empty")),
     ("NULL type", row("5", nil, "ann"), .malformed("event type column \"type\" is NULL or empty")),
     ("actor over the limit", row("6", "award", long), .malformed("actor is 1025 bytes long; the limit is 1024")),
     ("type over the limit", row("7", long, "ann"), .malformed("type is 1025 bytes long; the limit is 1024")),
     ("id over the limit", row(long, "award", "ann"), .malformed("id is 1025 bytes long; the limit is 1024")),
-    ("key over the limit", row("8", "award", "ann", key: long), .malformed("dedupe_key is 1025 bytes long; the limit is 1024")),
-    ("scope over the limit", row("9", "award", "ann", scope: long), .malformed("scope is 1025 bytes long; the limit is 1024")),
+    (
+      "key over the limit", row("8", "award", "ann", key: long),
+      .malformed("dedupe_key is 1025 bytes long; the limit is 1024")
+    ),
+    (
+      "scope over the limit", row("9", "award", "ann", scope: long),
+      .malformed("scope is 1025 bytes long; the limit is 1024")
+    ),
     ("1,024 bytes is fine", row("10", "award", "ann", key: atLimit), .allowed(.sql(function: "g.award"))),
     (
       "canonically equal actor is another actor", row("11", "award", "ann\u{0301}"),
@@ -73,9 +83,16 @@ import Testing
     var planner = StreamPlanner(policy: Self.base(), catalog: .init())
     let row = Row([("id", .text("1")), ("type", .text("award")), ("user_id", .text("ann"))])  // no "key", no "scope"
     let plan = planner.plan([Self.insert(row), Self.insert(Row([("id", .text("2"))] + row.columns.dropFirst()))])
-    #expect(plan.candidates.map(\.decision) == [.malformed("source g.actions has no column \"key\""), .malformed("source g.actions has no column \"key\"")])
+    #expect(
+      plan.candidates.map(\.decision) == [
+        .malformed("source g.actions has no column \"key\""), .malformed("source g.actions has no column \"key\""),
+      ])
     let units = plan.units(seen: [], owners: [:])
-    #expect(units.map(\.work) == [.record(.rejected, reason: "source g.actions has no column \"key\"", ownsKey: false), .record(.rejected, reason: "source g.actions has no column \"key\"", ownsKey: false)])
+    #expect(
+      units.map(\.work) == [
+        .record(.rejected, reason: "source g.actions has no column \"key\"", ownsKey: false),
+        .record(.rejected, reason: "source g.actions has no column \"key\"", ownsKey: false),
+      ])
     #expect(units.map { $0.recordedEntry?.ownsKey } == [false, false])
   }
 
@@ -123,7 +140,8 @@ import Testing
       Self.begin(10), .configChange(Self.grant("1", "ann", "player")), Self.commit(20),  // replayed: in the mirror
       Self.begin(40), Self.insert(Self.row("1", "award", "ann")), Self.commit(50),
     ])
-    #expect(plan.candidates.map(\.decision) == [.denied("event type 'award' denied for actor 'ann': needs role player")])
+    #expect(
+      plan.candidates.map(\.decision) == [.denied("event type 'award' denied for actor 'ann': needs role player")])
     #expect(plan.mirrorChanges.isEmpty)
   }
 
@@ -173,7 +191,8 @@ import Testing
       .ignored(relation: "g.actions", kind: "update"),
     ])
     #expect(plan.ignored == 2)
-    #expect(plan.units(seen: [], owners: [:]).map(\.work) == [.record(.dead, reason: "no handler for later", ownsKey: true)])
+    #expect(
+      plan.units(seen: [], owners: [:]).map(\.work) == [.record(.dead, reason: "no handler for later", ownsKey: true)])
   }
 }
 

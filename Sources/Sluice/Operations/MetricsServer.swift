@@ -2,14 +2,23 @@ import Foundation
 import Glibc
 import Logging
 import SluiceCore
+import Synchronization
 
-/// A minimal HTTP/1.0 server for `GET /metrics` and `GET /healthz`: one
-/// thread, one request per connection. Enough for Prometheus and a probe.
+/// A minimal HTTP/1.0 server for `GET /metrics` and `GET /healthz`, one
+/// request per connection. Each connection is served on a thread of its
+/// own, at most `maximumClients` at once (more are closed at once), with a
+/// deadline for reading the request and one for sending the answer: a
+/// client that never sends or never reads holds only its own thread, for
+/// at most those deadlines, never another client's probe.
 public final class MetricsServer: @unchecked Sendable {
   let listener: Int32
   let metrics: Metrics
   let healthy: @Sendable () -> Bool
   private let stopped = StopSignal()
+  private let clients = Atomic<Int>(0)
+  static let maximumClients = 16
+  /// Seconds a client has to send its request, and to take the answer.
+  static let deadlineSeconds = 2
 
   /// Binds and starts serving; throws if the address cannot be bound.
   public init(address: Configuration.Address, metrics: Metrics, healthy: @escaping @Sendable () -> Bool) throws {
@@ -51,14 +60,26 @@ public final class MetricsServer: @unchecked Sendable {
       guard poll(&descriptor, 1, 200) > 0, !stopped.isSet else { continue }
       let client = accept(listener, nil, nil)
       guard client >= 0 else { continue }
-      respond(client)
-      close(client)
+      _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+      guard clients.add(1, ordering: .relaxed).newValue <= Self.maximumClients else {
+        clients.subtract(1, ordering: .relaxed)
+        close(client)
+        continue
+      }
+      let thread = Thread { [self] in
+        respond(client)
+        close(client)
+        clients.subtract(1, ordering: .relaxed)
+      }
+      thread.name = "sluice-metrics-client"
+      thread.start()
     }
   }
 
   private func respond(_ client: Int32) {
-    var timeout = timeval(tv_sec: 2, tv_usec: 0)
+    var timeout = timeval(tv_sec: Self.deadlineSeconds, tv_usec: 0)
     setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     var buffer = [UInt8](repeating: 0, count: 4096)
     let count = read(client, &buffer, buffer.count)
     guard count > 0 else { return }
@@ -81,7 +102,8 @@ public final class MetricsServer: @unchecked Sendable {
       "HTTP/1.0 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(payload.count)\r\nConnection: close\r\n\r\n"
     let response = Array(head.utf8) + payload
     var offset = 0
-    while offset < response.count {
+    let started = ContinuousClock.now
+    while offset < response.count, started.duration(to: .now) < .seconds(2 * Self.deadlineSeconds) {
       let written = response[offset...].withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
       if written <= 0 { return }
       offset += written

@@ -99,7 +99,8 @@ public struct Operations {
     }
     let function = try connection.query("SELECT function FROM sluice.handlers WHERE event_type = $1", [event.type])
       .scalar
-    let choice: HandlerChoice? = registry.catalog.choice(for: event.type, in: Policy()) ?? function.map { .sql(function: $0) }
+    let choice: HandlerChoice? =
+      registry.catalog.choice(for: event.type, in: Policy()) ?? function.map { .sql(function: $0) }
     guard let choice else { return (.dead, "no handler for \(event.type)") }
     let unit = ApplyUnit(event: event, work: .handle(choice), metricLabel: event.type)
     let careful = CarefulStrategy(environment: environment)
@@ -112,7 +113,8 @@ public struct Operations {
       case .committed(let entries):
         return (entries.first?.status ?? .applied, entries.first?.reason)
       case .stoppedAt(_, let error, _), .failed(let error):
-        logger.warning("retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
+        logger.warning(
+          "retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
         if attempt == configuration.maxAttempts {
           try connection.query(
             Self.resolve(dead, .dead, error, attempts: attempt).sql,

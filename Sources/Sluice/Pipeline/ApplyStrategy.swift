@@ -88,7 +88,8 @@ struct FastStrategy: ApplyStrategy {
           }
         }
         for statement in finish(entries) {
-          try batch.send(statement.sql, statement.parameters, ledger: statement.sql.hasPrefix("INSERT INTO sluice.event_log"))
+          try batch.send(
+            statement.sql, statement.parameters, ledger: statement.sql.hasPrefix("INSERT INTO sluice.event_log"))
         }
         try batch.send("COMMIT")
         try batch.drain()
@@ -185,7 +186,8 @@ struct CarefulStrategy: ApplyStrategy {
           entries.append(unit.entry(.rejected, reason: error.message, attempts: attempt))
         } catch {
           if environment.mustThrow(error) { throw error }
-          let failure = (error as? PostgresError).map(\.sqlState) == .queryCanceled
+          let failure =
+            (error as? PostgresError).map(\.sqlState) == .queryCanceled
             ? HandlerTimeout(milliseconds: environment.handlerTimeoutMilliseconds).description : "\(error)"
           try context.rollback()
           try commit(finish(entries), keeping: !entries.isEmpty)

@@ -30,8 +30,15 @@ public final class BatchProcessor {
   /// later transactions cannot be replays and are not looked up.
   var ledgerHighWater: LSN?
   /// How many of the next events run alone: after the daemon or its session
-  /// died mid-batch, the event that did it is among them.
-  var isolateNext = 0
+  /// died mid-batch, the event that did it is among them (the batch sizes
+  /// are the same, and every event before that batch has its ledger row).
+  var isolateNext = 0 {
+    didSet { if isolateNext > oldValue { uncountedCrash = true } }
+  }
+  /// The attempt that died with the last session is not counted yet: the
+  /// first isolated event that turns out to be running then (it fails, or
+  /// its attempts were counted before) is charged it, and no other.
+  private var uncountedCrash = false
   /// Called whenever work progresses (retries included), to feed the watchdog.
   var heartbeat: () -> Void = {}
   /// Set to abandon a batch during a retry's backoff (shutdown).
@@ -129,12 +136,13 @@ public final class BatchProcessor {
           schedule.report(.failed)
         }
       case .alone(let index):
-        committed.append(try applyAlone(units[index]))
+        committed.append(try applyAlone(units[index], afterCrash: index < isolated))
         schedule.report(.committed)
       }
       heartbeat()
     }
     isolateNext -= isolated
+    if isolateNext == 0 { uncountedCrash = false }
     if !tailWritten && !tail.isEmpty { try transaction(tail) }
     if let highWater = Self.highWater(committed) { ledgerHighWater = max(ledgerHighWater ?? highWater, highWater) }
     return committed
@@ -148,15 +156,18 @@ public final class BatchProcessor {
   private func countFailedAttempt(_ unit: ApplyUnit, error: String) throws {
     metrics?.handlerFailed()
     logger.warning(
-      "handler failed", metadata: ["event_type": "\(unit.event.type)", "event_id": "\(unit.event.id)", "error": "\(error)"])
+      "handler failed",
+      metadata: ["event_type": "\(unit.event.type)", "event_id": "\(unit.event.id)", "error": "\(error)"])
     _ = try Ledger.beginAttempt(unit.event, on: connection)
     try Ledger.failAttempt(unit.event, error: error, on: connection)
   }
 
   /// One event by itself until it has a ledger row: each attempt counted in
   /// the journal before it runs, failures retried with backoff outside any
-  /// transaction, `dead` after `maxAttempts`.
-  private func applyAlone(_ unit: ApplyUnit) throws -> LedgerEntry {
+  /// transaction, `dead` after `maxAttempts`. `afterCrash`: the session
+  /// before died during a batch that may have held this event, so its first
+  /// attempt here is counted as its second (the one that died with it).
+  private func applyAlone(_ unit: ApplyUnit, afterCrash: Bool) throws -> LedgerEntry {
     let event = unit.event
     if let entry = unit.recordedEntry {
       try commitEnsuringARow(entry)
@@ -164,7 +175,9 @@ public final class BatchProcessor {
     }
     var backoff = Backoff(baseMilliseconds: retryBaseMilliseconds, capMilliseconds: 5000)
     while true {
-      let (attempt, priorError) = try Ledger.beginAttempt(event, on: connection)
+      let charge = afterCrash && uncountedCrash
+      let (attempt, priorError, counted) = try Ledger.beginAttempt(event, first: charge ? 2 : 1, on: connection)
+      if counted { uncountedCrash = false }
       if attempt > maxAttempts {
         let entry = unit.entry(.dead, reason: priorError ?? "failed \(maxAttempts) times", attempts: attempt - 1)
         try commitEnsuringARow(entry)
@@ -181,10 +194,14 @@ public final class BatchProcessor {
       case .committed(let entries): return entries[0]
       case .stoppedAt(_, let failure, _), .failed(let failure): error = failure
       }
+      uncountedCrash = false
       metrics?.handlerFailed()
       logger.warning(
-        "event failed", metadata: ["event_type": "\(event.type)", "event_id": "\(event.id)", "attempt": "\(attempt)",
-          "error": "\(error)"])
+        "event failed",
+        metadata: [
+          "event_type": "\(event.type)", "event_id": "\(event.id)", "attempt": "\(attempt)",
+          "error": "\(error)",
+        ])
       try Ledger.failAttempt(event, error: error, on: connection)
       if attempt >= maxAttempts {
         let entry = unit.entry(.dead, reason: error, attempts: attempt)
@@ -206,7 +223,8 @@ public final class BatchProcessor {
       logger.error("ledger row cannot be written; recording a minimal dead row", metadata: ["error": "\(error)"])
       try transaction(
         [
-          Ledger.minimalDead(entry.event, reason: "the ledger row could not be written: \(error)", attempts: entry.attempts),
+          Ledger.minimalDead(
+            entry.event, reason: "the ledger row could not be written: \(error)", attempts: entry.attempts),
           Ledger.endAttempts(entry.event),
         ] + [state].compactMap { $0 })
     }

@@ -82,8 +82,10 @@ enum Ledger {
         INSERT INTO sluice.event_log (source, event_id, status, reason, attempts, commit_lsn)
         VALUES ($1, sluice.ledger_id($2), 'dead', $3, $4, $5::pg_lsn)
         """,
-      parameters: [event.source, event.id, String(decoding: reason.utf8.prefix(4096), as: UTF8.self), String(attempts),
-        event.commitLSN?.description])
+      parameters: [
+        event.source, event.id, String(decoding: reason.utf8.prefix(4096), as: UTF8.self), String(attempts),
+        event.commitLSN?.description,
+      ])
   }
 
   /// The slot's progress, the ledger's high water (events of later
@@ -130,21 +132,26 @@ enum Ledger {
   /// Counts one more attempt of an event retried alone, committed on its own
   /// (and flushed) before the attempt runs: if the attempt kills the daemon
   /// or its backend, it has been counted. Returns the attempt's number and
-  /// the error the previous attempt left.
-  static func beginAttempt(_ event: Event, on connection: PGConnection) throws -> (Int, String?) {
+  /// the error the previous attempt left. `first`: the number a first
+  /// attempt gets (2 when the session before died during the event's batch);
+  /// `counted`: whether an earlier attempt was already counted.
+  static func beginAttempt(_ event: Event, first: Int = 1, on connection: PGConnection) throws -> (
+    attempt: Int, priorError: String?, counted: Bool
+  ) {
+    // The statement's snapshot shows the row as it was before this upsert.
     let row = try connection.query(
       """
-      WITH prior AS (
-        SELECT last_error FROM sluice.attempts WHERE source = $1 AND event_id = sluice.ledger_id($2) FOR UPDATE)
+      WITH prior AS MATERIALIZED (
+        SELECT last_error FROM sluice.attempts WHERE source = $1 AND event_id = sluice.ledger_id($2))
       INSERT INTO sluice.attempts AS a (source, event_id, attempts, last_error)
-      VALUES ($1, sluice.ledger_id($2), 1, $3)
+      VALUES ($1, sluice.ledger_id($2), $4::int, $3)
       ON CONFLICT (source, event_id) DO UPDATE
         SET attempts = a.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now()
-      RETURNING a.attempts, (SELECT last_error FROM prior)
+      RETURNING a.attempts, (SELECT last_error FROM prior), (SELECT count(*) FROM prior)
       """,
-      [event.source, event.id, "the daemon or its database session died while handling this event"]
+      [event.source, event.id, "the daemon or its database session died while handling this event", String(first)]
     ).rows.first
-    return (Int(row?[0] ?? "") ?? 1, row?[1] ?? nil)
+    return (Int(row?[0] ?? "") ?? 1, row?[1] ?? nil, row?[2] == "1")
   }
 
   /// What the attempt that just failed failed with.

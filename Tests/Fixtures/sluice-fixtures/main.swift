@@ -1,0 +1,22 @@
+import Glibc
+import Sluice
+import SluiceCLI
+
+/// Test-only: `sluice` plus handlers that misbehave on purpose. Never packaged.
+///
+/// `crash`: adds 1 to the actor's `xp.totals`, but kills the whole process
+/// when the payload says so (`{"abort": true}` or `{"exit": n}`), as a bug
+/// in a Swift handler or a library it calls would.
+struct CrashOnMark: EventHandler {
+  let eventType = "crash"
+
+  func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    if event.payload?["abort"] != nil { abort() }
+    if let code = event.payload?["exit"]?.integer { exit(Int32(code)) }
+    try context.execute(
+      "INSERT INTO xp.totals VALUES ($1, 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1", [event.actor])
+    return .applied
+  }
+}
+
+SluiceCLI.main(handlers: [CrashOnMark()])

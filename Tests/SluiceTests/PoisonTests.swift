@@ -1,0 +1,328 @@
+import Foundation
+import Sluice
+import SluicePostgres
+import Testing
+
+/// SPEC section 8: no row can stop, stall or fool the daemon. Each test is a
+/// row (or a handler) an attacker or a bug could produce, and what must
+/// happen: a ledger row with a reason, the events around it applied once,
+/// the daemon still running.
+@Suite(.serialized) struct PoisonTests {
+  static let big = String(repeating: "k", count: 20_000)
+
+  @Test func oversizedValuesAreRejectedAndTheStreamGoesOn() throws {
+    let db = try TestDatabase("oversized")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann", Self.big])
+    try createSlot(db)
+    let longID = "i" + Self.big
+    try XPFixture.insert(
+      db,
+      [
+        ("big-key", "ann", "award", 5, Self.big), ("big-key-2", "ann", "award", 5, Self.big),
+        ("big-actor", Self.big, "award", 5, nil), ("big-type", "ann", Self.big, 5, nil),
+        (longID, "ann", "award", 5, nil),
+        ("after", "ann", "award", 7, Self.big.prefix(1024).description),
+      ])
+    let daemon = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 6 })
+    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    let rows = try db.sql(
+      "SELECT event_id, status, reason, event_type, actor, dedupe_key FROM sluice.event_log ORDER BY event_id"
+    ).rows
+    func row(_ id: String) -> [String?]? { rows.first { $0[0] == id } }
+    #expect(
+      row("big-key")?[1...] == ["rejected", "dedupe_key is 20000 bytes long; the limit is 1024", "award", "ann", nil])
+    #expect(row("big-key-2")?[1...2] == ["rejected", "dedupe_key is 20000 bytes long; the limit is 1024"])
+    #expect(row("big-actor")?[1...] == ["rejected", "actor is 20000 bytes long; the limit is 1024", "award", nil, nil])
+    #expect(row("big-type")?[1...] == ["rejected", "type is 20000 bytes long; the limit is 1024", nil, "ann", nil])
+    let digest = try db.scalar("SELECT 'sha256:' || encode(sha256(convert_to($1, 'UTF8')), 'hex')", [longID])
+    #expect(row(digest ?? "?")?[1...2] == ["rejected", "id is 20001 bytes long; the limit is 1024"])
+    #expect(row("after")?[1] == "applied")
+    #expect(try XPFixture.totals(db) == ["ann": 7])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(!daemon.standardError.contains("reconnecting"), "\(daemon.standardError)")
+  }
+
+  @Test func rowsMissingAMappedColumnAreRejectedOwnNoKeyAndDoNotLoop() throws {
+    let db = try TestDatabase("missingcol")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql("UPDATE sluice.sources SET scope_column = 'region' WHERE relation = 'xp.actions'")
+    try createSlot(db)
+    try XPFixture.insert(db, [("m1", "ann", "award", 1, "same"), ("m2", "ann", "award", 1, "same")])
+    try db.sql("UPDATE sluice.sources SET scope_column = NULL WHERE relation = 'xp.actions'")
+    try XPFixture.insert(db, [("ok", "ann", "award", 3, "same")])
+    let daemon = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 3 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let reason = "source xp.actions has no column \"region\""
+    #expect(
+      try db.sql("SELECT event_id, status, reason, dedupe_key FROM sluice.event_log ORDER BY event_id").rows == [
+        ["m1", "rejected", reason, nil], ["m2", "rejected", reason, nil], ["ok", "applied", nil, "same"],
+      ])
+    #expect(try XPFixture.totals(db) == ["ann": 3], "the rejected rows owned no key, so 'ok' was not a duplicate")
+    #expect(!daemon.standardError.contains("reconnecting"), "\(daemon.standardError)")
+  }
+
+  @Test func aHandlerThatTerminatesItsBackendGoesDeadAloneAndTheRestApplyOnce() throws {
+    let db = try TestDatabase("terminated")
+    try XPFixture.install(db)
+    try db.sql(
+      """
+      CREATE FUNCTION xp.fragile(e jsonb) RETURNS void LANGUAGE plpgsql AS $$
+      BEGIN
+        IF e->'row'->'payload' ? 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+        INSERT INTO xp.totals VALUES (e->>'actor', 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1;
+      END $$;
+      INSERT INTO sluice.handlers VALUES ('fragile', 'xp.fragile');
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('fragile', 'anyone');
+      """)
+    try createSlot(db)
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+      SELECT 'f' || lpad(g::text, 4, '0'), 'u', 'fragile', CASE WHEN g = 500 THEN '{"die": true}' ELSE '{}' END::jsonb
+      FROM generate_series(1, 1000) g
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "3"])
+    #expect(try eventually(90, "1,000 ledger rows") { try XPFixture.ledgerCount(db) == 1000 })
+    #expect(daemon.process.isRunning)
+    #expect(
+      try db.sql("SELECT status, attempts, reason FROM sluice.event_log WHERE event_id = 'f0500'").rows == [
+        ["dead", "3", "the daemon or its database session died while handling this event"]
+      ])
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'applied'") == "999")
+    #expect(try XPFixture.totals(db) == ["u": 999])
+    #expect(try db.scalar("SELECT count(*) FROM sluice.attempts") == "0")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func aHangingHandlerTimesOutGoesDeadAndTheStreamGoesOn() throws {
+    let db = try TestDatabase("hang")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      CREATE FUNCTION xp.hang(e jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(3600) $$;
+      INSERT INTO sluice.handlers VALUES ('hang', 'xp.hang');
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('hang', 'anyone');
+      """)
+    try createSlot(db)
+    try XPFixture.insert(db, [("h", "ann", "hang", 1, nil), ("a", "ann", "award", 2, nil)])
+    let started = Date()
+    let daemon = try startDaemon(db, ["SLUICE_HANDLER_TIMEOUT_MS": "1000", "SLUICE_MAX_ATTEMPTS": "2"])
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 2 })
+    #expect(Date().timeIntervalSince(started) < 20)
+    #expect(
+      try db.sql("SELECT status, attempts, reason FROM sluice.event_log WHERE event_id = 'h'").rows == [
+        ["dead", "2", "handler timed out after 1000 ms (SLUICE_HANDLER_TIMEOUT_MS)"]
+      ])
+    #expect(try XPFixture.totals(db) == ["ann": 2])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func anEventThatKillsTheDaemonIsDeadAfterMaxAttemptsRestarts() throws {
+    let db = try TestDatabase("killer")
+    try XPFixture.install(db)
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('crash', 'anyone')")
+    try createSlot(db, binary: "sluice-fixtures")
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload) VALUES
+        ('c1', 'u', 'crash', '{}'), ('c2', 'u', 'crash', '{"abort": true}'), ('c3', 'u', 'crash', '{}'),
+        ('c4', 'v', 'crash', '{"exit": 3}')
+      """)
+    var deaths = 0
+    for _ in 0..<12 {
+      let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "3"], binary: "sluice-fixtures")
+      var exited = false
+      _ = try eventually(30, "a death or every event in the ledger") {
+        exited = !daemon.process.isRunning
+        return try exited || XPFixture.ledgerCount(db) == 4
+      }
+      if exited {
+        deaths += 1
+        continue
+      }
+      daemon.signal(SIGTERM)
+      #expect(daemon.waitForExit() == 0)
+      break
+    }
+    #expect(deaths == 6, "3 attempts each for c2 and c4")
+    // c1 was in the batch that died first: that attempt counts.
+    #expect(
+      try db.sql("SELECT event_id, status, attempts, reason FROM sluice.event_log ORDER BY event_id").rows == [
+        ["c1", "applied", "2", nil],
+        ["c2", "dead", "3", "the daemon or its database session died while handling this event"],
+        ["c3", "applied", "1", nil],
+        ["c4", "dead", "3", "the daemon or its database session died while handling this event"],
+      ])
+    #expect(try XPFixture.totals(db) == ["u": 2])
+  }
+
+  @Test func theWatchdogIsFedWhileFailingEventsAreRetried() throws {
+    let db = try TestDatabase("watchdog")
+    try XPFixture.install(db)
+    try createSlot(db)
+    try XPFixture.insert(db, (0..<40).map { ("w\($0)", "u", "flaky", 1, nil) })
+    let path = NSTemporaryDirectory() + "sluice-watchdog-\(getpid()).sock"
+    let socket = try DatagramSocket(path: path)
+    defer { socket.close() }
+    let daemon = try startDaemon(db, ["NOTIFY_SOCKET": path, "WATCHDOG_USEC": "5000000", "SLUICE_MAX_ATTEMPTS": "4"])
+    var beats: [Date] = []
+    let started = Date()
+    #expect(
+      try eventually(120, "40 dead events") {
+        for message in socket.receiveAll() where message.contains("WATCHDOG=1") { beats.append(Date()) }
+        return try XPFixture.ledgerCount(db) == 40
+      })
+    let finished = Date()
+    let gaps = zip([started] + beats, beats + [finished]).map { $1.timeIntervalSince($0) }
+    print(
+      "watchdog: \(beats.count) beats over \(String(format: "%.1f", finished.timeIntervalSince(started))) s, longest gap \(String(format: "%.2f", gaps.max() ?? 0)) s"
+    )
+    #expect(finished.timeIntervalSince(started) > 5, "the retries outlast WatchdogSec, so the test means something")
+    #expect((gaps.max() ?? 99) <= 2.5)
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead' AND attempts = 4") == "40")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func preparedStatementsStayBoundedWhateverClientsSend() throws {
+    let db = try TestDatabase("prepared")
+    try XPFixture.install(db)
+    try db.sql(
+      """
+      CREATE TABLE xp.probe (n int);
+      CREATE FUNCTION xp.refuse(e jsonb) RETURNS void LANGUAGE sql AS $$ SELECT sluice.reject('refused') $$;
+      CREATE FUNCTION xp.probe(e jsonb) RETURNS void LANGUAGE sql AS $$
+        INSERT INTO xp.probe SELECT count(*) FROM pg_prepared_statements $$;
+      INSERT INTO sluice.handlers VALUES ('refuse', 'xp.refuse'), ('probe', 'xp.probe');
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('refuse', 'anyone'), ('probe', 'anyone');
+      """)
+    try createSlot(db)
+    let daemon = try startDaemon(db, ["SLUICE_BATCH_SIZE": "100"])
+    for chunk in 0..<100 {
+      try db.sql(
+        """
+        INSERT INTO xp.actions (id, user_id, type)
+        SELECT 'r' || (\(chunk * 100) + g), 'u', 'refuse' FROM generate_series(1, 100) g
+        """)
+    }
+    try XPFixture.insert(db, [("probe", "u", "probe", 1, nil)])
+    #expect(try eventually(120, "10,001 ledger rows") { try XPFixture.ledgerCount(db) == 10_001 })
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'rejected'") == "10000")
+    let prepared = Int(try db.scalar("SELECT n FROM xp.probe") ?? "") ?? -1
+    print("prepared statements on the apply connection after 10,000 rejections: \(prepared)")
+    #expect((0...70).contains(prepared))
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func clientChosenTypesDoNotGrowMetrics() throws {
+    let db = try TestDatabase("cardinality")
+    try XPFixture.install(db)
+    try createSlot(db)
+    let port = try freePort()
+    let daemon = try startDaemon(db, ["SLUICE_METRICS_ADDR": "127.0.0.1:\(port)"])
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type)
+      SELECT 'd' || g, 'mallory', md5('seed-7:' || g) FROM generate_series(1, 100000) g
+      """)
+    #expect(try eventually(180, "100,000 ledger rows") { try XPFixture.ledgerCount(db) == 100_000 })
+    let body = try httpGet(port: port, path: "/metrics")
+    print("/metrics after 100,000 denied random types: \(body.utf8.count) bytes")
+    #expect(body.utf8.count < 16_384)
+    #expect(body.contains("sluice_events_total{type=\"other\",status=\"denied\"} 100000"))
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func aSilentMetricsClientDoesNotDelayHealthz() throws {
+    let db = try TestDatabase("slowclient")
+    try XPFixture.install(db)
+    let port = try freePort()
+    let daemon = try startDaemon(db, ["SLUICE_METRICS_ADDR": "127.0.0.1:\(port)"])
+    // Connects, and then neither sends a request nor reads.
+    let silent = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(silent) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = port.bigEndian
+    let connected = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+      }
+    }
+    #expect(connected)
+    usleep(100_000)  // the server has accepted the silent client before the probe arrives
+    let started = Date()
+    let answer = try httpGet(port: port, path: "/healthz")
+    let seconds = Date().timeIntervalSince(started)
+    #expect(answer.hasPrefix("HTTP/1.0 200"))
+    #expect(seconds < 0.5, "/healthz took \(seconds) s behind a silent client")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func largeRowsKeepMemoryBounded() throws {
+    let db = try TestDatabase("largerows")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try createSlot(db)
+    for chunk in 0..<10 {
+      try db.sql(
+        """
+        INSERT INTO xp.actions (id, user_id, type, payload)
+        SELECT 'big' || (\(chunk * 10) + g), 'ann', 'award',
+               jsonb_build_object('xp', 1, 'junk', repeat(md5(g::text), 131072))
+        FROM generate_series(1, 10) g
+        """)
+    }
+    let daemon = try startDaemon(db)
+    #expect(try eventually(180, "100 ledger rows") { try XPFixture.ledgerCount(db) == 100 })
+    let peak = daemon.peakRSS ?? .max
+    print("peak RSS draining 100 rows of 4 MB: \(peak / 1_048_576) MiB")
+    #expect(peak <= 96 << 20)
+    #expect(try XPFixture.totals(db) == ["ann": 100])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func canonicallyEquivalentIdentitiesAreDistinct() throws {
+    let db = try TestDatabase("bytewise")
+    try XPFixture.install(db)
+    let decomposed = "jose\u{0301}"
+    let precomposed = "jos\u{00E9}"
+    try XPFixture.grant(db, [decomposed])
+    try createSlot(db)
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload, dedupe_key) VALUES
+        ('p1', $1, 'award', '{"xp": 100}', 'k'),
+        ('d1', $2, 'award', '{"xp": 1}', 'k'),
+        ($3, $2, 'award', '{"xp": 10}', 'k2'),
+        ($4, $2, 'award', '{"xp": 20}', 'k3')
+      """, [precomposed, decomposed, "e\u{0301}", "\u{00E9}"])
+    let daemon = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 4 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try db.scalar("SELECT status FROM sluice.event_log WHERE event_id = 'p1'") == "denied")
+    #expect(try db.scalar("SELECT status FROM sluice.event_log WHERE event_id = 'd1'") == "applied")
+    #expect(
+      try db.scalar(
+        "SELECT count(*) FROM sluice.event_log WHERE event_id IN ($1, $2) AND status = 'applied'",
+        [
+          "e\u{0301}", "\u{00E9}",
+        ]) == "2")
+    #expect(try db.sql("SELECT user_id, xp FROM xp.totals").rows == [[decomposed, "31"]])
+  }
+}
