@@ -54,6 +54,19 @@ import Testing
             let id = String(format: "%08x-0000-4000-8000-%012d", writer, counter)
             let user = "p\(writer * 3 + Int.random(in: 0..<3, using: &random))"
             switch Int.random(in: 0..<10, using: &random) {
+            case 0 where Int.random(in: 0..<8, using: &random) == 0:
+              // Poison: a dedupe key or a type over the limits, or a user id
+              // over them. Each must be rejected and stop nothing.
+              let long = String(repeating: "p", count: 1025 + Int.random(in: 0..<3000, using: &random))
+              let (key, type, who): (String?, String, String) =
+                switch Int.random(in: 0..<3, using: &random) {
+                case 0: (long, "award_xp", user)
+                case 1: (nil, long, user)
+                default: (nil, "award_xp", long)
+                }
+              try connection!.query(
+                "INSERT INTO game.actions (id, user_id, type, payload, dedupe_key) VALUES ($1, $2, $3, '{\"xp\": 1}', $4)",
+                [id, who, type, key])
             case 0..<5:
               try connection!.query(
                 "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'award_xp', $3::jsonb)",
@@ -154,7 +167,8 @@ import Testing
       Int(
         try db.scalar(
           """
-          WITH awards AS (SELECT id, user_id, (payload->>'xp')::int xp FROM game.actions WHERE type = 'award_xp'),
+          WITH awards AS (SELECT id, user_id, (payload->>'xp')::int xp FROM game.actions WHERE type = 'award_xp'
+                          AND octet_length(user_id) <= 1024 AND octet_length(coalesce(dedupe_key, '')) <= 1024),
           undone AS (SELECT a.id FROM game.actions u JOIN awards a ON a.id = (u.payload->>'action_id')::uuid
                      AND a.user_id = u.user_id WHERE u.type = 'undo'),
           model AS (SELECT user_id, sum(xp) FILTER (WHERE id NOT IN (SELECT id FROM undone)) xp FROM awards GROUP BY user_id)
@@ -188,6 +202,10 @@ import Testing
           ?? "") ?? -1
     #expect(duplicated == 0)
     #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead'") == "0")
+    let poison = try db.scalar(
+      "SELECT count(*) FROM sluice.event_log WHERE status = 'rejected' AND reason LIKE '% bytes long; the limit is 1024'"
+    )
+    #expect((Int(poison ?? "") ?? 0) > 0, "the mix had poison rows")
 
     let faultList = Fault.allCases.map { "\($0.rawValue) \(faults[$0] ?? 0)" }.joined(separator: ", ")
     print(
@@ -195,6 +213,7 @@ import Testing
       soak: \(String(format: "%.0f", seconds)) s, seed \(seed)
       soak: events \(total), writes \(written.load(ordering: .relaxed))
       soak: faults: \(faultList)
+      soak: poison rows rejected \(poison ?? "?")
       soak: events lost \(lost), effects duplicated \(duplicated), max recovery \(String(format: "%.2f", recoveries.max() ?? 0)) s
       """)
   }
