@@ -46,25 +46,30 @@ public protocol BatchEventHandler: EventHandler {
 /// failed event undoes only its own writes. Fast mode (pipelined batches):
 /// `execute` only queues its statement, `query` waits for its rows; if
 /// anything fails, or the handler rejects after writing, the whole batch is
-/// redone in careful mode. A handler sees the same results either way.
+/// redone in careful mode (unless the handler has rejected after writing
+/// before: then its events get a pipelined savepoint too). A handler sees
+/// the same results either way.
 public final class HandlerContext {
   let connection: PGConnection
   let pipeline: PipelineBatch?
+  /// In a pipeline: open a savepoint before the first statement.
+  let pipelinedSavepoint: Bool
   private(set) var savepointOpen = false
   /// Statements this event has run or queued.
   private(set) var statements = 0
 
-  init(connection: PGConnection, pipeline: PipelineBatch? = nil) {
+  init(connection: PGConnection, pipeline: PipelineBatch? = nil, savepoint: Bool = false) {
     self.connection = connection
     self.pipeline = pipeline
+    self.pipelinedSavepoint = savepoint
   }
 
   /// Runs a statement with bound parameters and returns its rows.
   @discardableResult
   public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
     statements += 1
-    if let pipeline { return try pipeline.query(sql, parameters) }
     try openSavepoint()
+    if let pipeline { return try pipeline.query(sql, parameters) }
     return try connection.query(sql, parameters)
   }
 
@@ -72,28 +77,33 @@ public final class HandlerContext {
   /// its errors surface when the batch is read back.
   public func execute(_ sql: String, _ parameters: [String?] = []) throws {
     statements += 1
-    if let pipeline { return try pipeline.send(sql, parameters) }
     try openSavepoint()
+    if let pipeline { return try pipeline.send(sql, parameters) }
     try connection.query(sql, parameters)
   }
 
+  private func run(_ sql: String) throws {
+    if let pipeline { try pipeline.send(sql) } else { try connection.simpleQuery(sql) }
+  }
+
   private func openSavepoint() throws {
-    guard !savepointOpen else { return }
-    try connection.simpleQuery("SAVEPOINT sluice_event")
+    guard !savepointOpen, pipeline == nil || pipelinedSavepoint else { return }
+    try run("SAVEPOINT sluice_event")
     savepointOpen = true
   }
 
   /// Keeps the event's writes.
   func commit() throws {
     guard savepointOpen else { return }
-    try connection.simpleQuery("RELEASE SAVEPOINT sluice_event")
+    try run("RELEASE SAVEPOINT sluice_event")
     savepointOpen = false
   }
 
   /// Undoes the event's writes.
   func rollback() throws {
     guard savepointOpen else { return }
-    try connection.simpleQuery("ROLLBACK TO SAVEPOINT sluice_event; RELEASE SAVEPOINT sluice_event")
+    try run("ROLLBACK TO SAVEPOINT sluice_event")
+    try run("RELEASE SAVEPOINT sluice_event")
     savepointOpen = false
   }
 }

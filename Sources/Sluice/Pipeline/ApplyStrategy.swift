@@ -38,6 +38,7 @@ struct ApplyEnvironment {
   let registry: HandlerRegistry
   let deadline: StatementDeadline
   let handlerTimeoutMilliseconds: Int
+  let guards = RejectionGuards()
 
   func handler(_ choice: HandlerChoice, _ type: String) -> (any EventHandler)? {
     switch choice {
@@ -70,6 +71,7 @@ struct FastStrategy: ApplyStrategy {
   ) throws -> StrategyOutcome {
     let connection = environment.connection
     try connection.deallocateEvicted()
+    try environment.guards.prepare(connection)
     try connection.enterPipelineMode()
     let batch = PipelineBatch(connection: connection)
     do {
@@ -77,14 +79,32 @@ struct FastStrategy: ApplyStrategy {
         try batch.send("BEGIN")
         var entries: [LedgerEntry] = []
         entries.reserveCapacity(range.count)
+        /// Guarded SQL calls: the entry to correct and where its result (a reason, or NULL) lands.
+        var guarded: [(entry: Int, slot: Int)] = []
         for step in ApplyRuns.steps(units[range]) {
           switch step {
           case .record(let index):
             if let entry = units[index].recordedEntry { entries.append(entry) }
           case .handle(let index):
-            entries.append(try handle(units[index], batch, attempt: attempt))
+            let unit = units[index]
+            if case .handle(.sql(let function)) = unit.work, let wrapper = environment.guards.wrapper(for: function) {
+              let slot = try batch.send(capturing: "SELECT \(wrapper)($1::jsonb)", [unit.event.json()])
+              guarded.append((entries.count, slot))
+              entries.append(unit.entry(.applied, reason: nil, attempts: attempt))
+            } else {
+              entries.append(try handle(unit, batch, attempt: attempt))
+            }
           case .run(let indices):
             entries += try handleRun(indices.map { units[$0] }, batch, attempt: attempt)
+          }
+        }
+        if !guarded.isEmpty {
+          // The reasons come back before the ledger rows are written: one more round trip.
+          try batch.drain()
+          for (entry, slot) in guarded {
+            guard let reason = batch.captured[slot]?.scalar else { continue }
+            entries[entry].status = .rejected
+            entries[entry].reason = reason
           }
         }
         for statement in finish(entries) {
@@ -113,13 +133,19 @@ struct FastStrategy: ApplyStrategy {
     guard case .handle(let choice) = unit.work, let handler = environment.handler(choice, unit.event.type) else {
       return unit.entry(.dead, reason: "no handler for \(unit.event.type)", attempts: 0)
     }
-    let context = HandlerContext(connection: environment.connection, pipeline: batch)
+    let guarded = environment.guards.savepointTypes.contains(Bytewise(unit.event.type))
+    let context = HandlerContext(connection: environment.connection, pipeline: batch, savepoint: guarded)
     switch try handler.handle(unit.event, in: context) {
     case .applied:
+      try context.commit()
       return unit.entry(.applied, reason: nil, attempts: attempt)
     case .rejected(let reason):
-      // Its writes may be queued already: only a savepoint can undo them.
-      if context.statements > 0 { throw FastPathAbort(reason: "rejected after writing") }
+      if context.savepointOpen {
+        try context.rollback()
+      } else if context.statements > 0 {
+        // Its writes are queued already, with no savepoint to undo them.
+        throw FastPathAbort(reason: "rejected after writing")
+      }
       return unit.entry(.rejected, reason: reason, attempts: attempt)
     }
   }
@@ -178,10 +204,12 @@ struct CarefulStrategy: ApplyStrategy {
             try context.commit()
             entries.append(unit.entry(.applied, reason: nil, attempts: attempt))
           case .rejected(let reason):
+            if context.statements > 0 { environment.guards.swiftHandlerRejectedAfterWriting(type: unit.event.type) }
             try context.rollback()
             entries.append(unit.entry(.rejected, reason: reason, attempts: attempt))
           }
         } catch let error as PostgresError where error.sqlState == .sluiceReject {
+          if case .sql(let function) = choice { environment.guards.sqlHandlerRejected(function: function) }
           try context.rollback()
           entries.append(unit.entry(.rejected, reason: error.message, attempts: attempt))
         } catch {

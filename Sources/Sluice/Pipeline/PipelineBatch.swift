@@ -9,10 +9,15 @@ final class PipelineBatch {
     var sql: String
     var isPrepare: Bool
     var isLedger: Bool
+    /// Where to keep its result (see `captured`).
+    var capture: Int? = nil
   }
 
   let connection: PGConnection
   private var owed: [Owed] = []
+  /// Results kept by `send(capturing:)`, by the number it returned.
+  private(set) var captured: [Int: QueryResult] = [:]
+  private var captures = 0
   var unread: Int { owed.count }
   /// Read results every so often, so neither side's socket buffer fills up.
   let syncEvery = 256
@@ -24,6 +29,15 @@ final class PipelineBatch {
     if try connection.send(sql, parameters) { owed.append(Owed(sql: sql, isPrepare: true, isLedger: false)) }
     owed.append(Owed(sql: sql, isPrepare: false, isLedger: ledger))
     if owed.count >= syncEvery { try drain() }
+  }
+
+  /// Queues a statement whose result is kept in `captured` under the returned number once drained.
+  func send(capturing sql: String, _ parameters: [String?]) throws -> Int {
+    captures += 1
+    if try connection.send(sql, parameters) { owed.append(Owed(sql: sql, isPrepare: true, isLedger: false)) }
+    owed.append(Owed(sql: sql, isPrepare: false, isLedger: false, capture: captures))
+    if owed.count >= syncEvery { try drain() }
+    return captures
   }
 
   /// Sends a statement and waits for its result (and every one before it).
@@ -44,7 +58,9 @@ final class PipelineBatch {
     owed.removeAll(keepingCapacity: true)
     for statement in statements {
       switch try connection.nextPipelineResult() {
-      case .ok(let result): last = result
+      case .ok(let result):
+        last = result
+        if let slot = statement.capture { captured[slot] = result }
       case .failed(let error):
         if error.isConnectionLoss { failure = failure ?? error }
         if statement.isPrepare {
