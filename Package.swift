@@ -30,7 +30,7 @@ let package = Package(
     .target(
       name: "SluiceSchema",
       path: "sql",
-      exclude: ["examples"],
+      exclude: ["examples", "roles.sql"],
       resources: [
         .embedInCode("001_schema.sql"), .embedInCode("002_ledger_high_water.sql"),
         .embedInCode("003_poison_and_limits.sql"),

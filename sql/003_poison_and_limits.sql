@@ -1,11 +1,15 @@
 -- SPEC section 8: no row can stop the daemon, events do not change.
 
 -- An id over 1,024 bytes (UTF-8) is recorded as 'sha256:' and the hex digest
--- of the id, so every ledger row fits the primary key's index. Immutable in
--- practice: a database's encoding never changes.
+-- of the id, so every ledger row fits the primary key's index. Ids that
+-- begin with 'sha256:' or 'sluice:' are digested too, whatever their
+-- length, so that no client id can take the place of a digest or of the
+-- daemon's own ids for rows with a NULL id ('sluice:null-id@<lsn>'): the
+-- mapping stays one to one. Immutable in practice: a database's encoding
+-- never changes.
 CREATE FUNCTION sluice.ledger_id(id text) RETURNS text
   LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-  RETURN CASE WHEN octet_length(id) > 1024
+  RETURN CASE WHEN octet_length(id) > 1024 OR starts_with(id, 'sha256:') OR starts_with(id, 'sluice:')
               THEN 'sha256:' || encode(sha256(convert_to(id, 'UTF8')), 'hex') ELSE id END;
 
 -- Who owns a dedupe key, indexed by a digest of (type, actor, key): three
@@ -30,6 +34,11 @@ CREATE TABLE sluice.attempts (
   event_id text NOT NULL,      -- as the ledger records it (sluice.ledger_id)
   attempts int NOT NULL,
   last_error text,
+  in_flight boolean NOT NULL DEFAULT true,   -- begun, and neither finished nor failed yet
+  -- Created while isolating after a session died outside any counted
+  -- attempt: if this event turns out to be what killed it, that uncounted
+  -- attempt is added once.
+  uncounted_crash boolean NOT NULL DEFAULT false,
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (source, event_id)
 );

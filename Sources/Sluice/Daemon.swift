@@ -103,10 +103,13 @@ public final class Daemon: @unchecked Sendable {
   }
 
   static func isTransient(_ error: any Error) -> Bool {
-    if error is ReplicationError { return true }
+    if error is ReplicationError || error is LedgerConflict { return true }
     guard let error = error as? PostgresError else { return false }
-    // The slot is still active for a dying walsender; or a concurrent backfill wrote the same ledger row.
+    // The slot is still active for a dying walsender; a concurrent backfill
+    // wrote the same ledger row; an operator (or a late handler-timeout
+    // cancel) cancelled one of the daemon's own statements.
     return error.isConnectionLoss || error.sqlState == .objectInUse || error.sqlState == .uniqueViolation
+      || error.sqlState == .queryCanceled
   }
 
   /// One connected session: returns on stop, throws on failure.
@@ -165,8 +168,10 @@ public final class Daemon: @unchecked Sendable {
         "UPDATE sluice.stream_state SET live = true WHERE slot = $1 RETURNING (SELECT live FROM sluice.stream_state WHERE slot = $1)",
         [slot]
       ).scalar == "t"
+    let countedDeath = try Ledger.tidyAttempts(on: sql)
     if unclean {
       processor.isolateNext = configuration.batchSize
+      processor.uncountedCrash = !countedDeath
       logger.notice(
         "the last session did not stop cleanly; the next events run one at a time until one batch is through")
     }

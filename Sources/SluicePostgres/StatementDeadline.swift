@@ -10,6 +10,9 @@ public final class StatementDeadline: @unchecked Sendable {
   private let condition = NSCondition()
   private var deadline: ContinuousClock.Instant?
   private var fired = false
+  /// A cancel request is on its way: `run` does not return before it is
+  /// delivered, so it cannot land on the statement after the one it was for.
+  private var cancelling = false
   private var closed = false
   private let tick: @Sendable () -> Void
 
@@ -46,11 +49,26 @@ public final class StatementDeadline: @unchecked Sendable {
       deadline = nil
       condition.unlock()
     }
-    let result = try body()
+    let result: T
+    do {
+      result = try body()
+    } catch {
+      waitForCancel()
+      throw error
+    }
+    waitForCancel()
     condition.lock()
     let late = fired || (deadline.map { ContinuousClock.now >= $0 } ?? false)
+    deadline = nil
     condition.unlock()
     return (result, late)
+  }
+
+  private func waitForCancel() {
+    condition.lock()
+    deadline = nil
+    while cancelling { condition.wait() }
+    condition.unlock()
   }
 
   private func watch() {
@@ -64,9 +82,12 @@ public final class StatementDeadline: @unchecked Sendable {
       if now >= due {
         deadline = nil
         fired = true
+        cancelling = true
         condition.unlock()
         sendCancel()
         condition.lock()
+        cancelling = false
+        condition.broadcast()
         continue
       }
       let step = min(due, now.advanced(by: .seconds(1)))

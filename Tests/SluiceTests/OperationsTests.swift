@@ -310,6 +310,8 @@ import Testing
       of: "/usr/local/bin/sluice", with: TestCluster.binDirectory.appendingPathComponent("sluice").path)
     let copy = directory + "/sluice.service"
     try text.write(toFile: copy, atomically: true, encoding: .utf8)
+    // A poison event is counted across restarts: systemd must not stop restarting first.
+    #expect(text.contains("\nStartLimitIntervalSec=0\n"))
     let verify = try capture(["/usr/bin/systemd-analyze", "verify", copy])
     #expect(!verify.output.contains("sluice.service:"), "verify: \(verify.output)")
     let security = try capture(["/usr/bin/systemd-analyze", "security", "--offline=true", unit.path])

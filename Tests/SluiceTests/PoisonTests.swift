@@ -154,10 +154,9 @@ import Testing
       break
     }
     #expect(deaths == 6, "3 attempts each for c2 and c4")
-    // c1 was in the batch that died first: that attempt counts.
     #expect(
       try db.sql("SELECT event_id, status, attempts, reason FROM sluice.event_log ORDER BY event_id").rows == [
-        ["c1", "applied", "2", nil],
+        ["c1", "applied", "1", nil],
         ["c2", "dead", "3", "the daemon or its database session died while handling this event"],
         ["c3", "applied", "1", nil],
         ["c4", "dead", "3", "the daemon or its database session died while handling this event"],
@@ -358,5 +357,106 @@ import Testing
     let redone = daemon.standardError.components(separatedBy: "batch part redone").count - 1
     print("batch parts redone carefully: \(redone) (of 10 batches with rejections)")
     #expect(redone <= 2, "after the first rejection, the handler's calls are guarded on the fast path")
+  }
+
+  /// Found by review: ids that would share a ledger id (a digest, or the
+  /// daemon's own id for a NULL id) made the primary key fail and `run` exit.
+  @Test func idsThatLookLikeLedgerIdsStayDistinct() throws {
+    let db = try TestDatabase("ledgerids")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql("ALTER TABLE xp.actions DROP CONSTRAINT actions_pkey, ALTER COLUMN id DROP NOT NULL")
+    try createSlot(db)
+    let long = String(repeating: "a", count: 1025)
+    let digest = try db.scalar("SELECT 'sha256:' || encode(sha256(convert_to($1, 'UTF8')), 'hex')", [long]) ?? "?"
+    let nullRowPosition = try db.scalar("SELECT pg_current_wal_insert_lsn()::text") ?? "?"
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload) VALUES
+        ($1, 'ann', 'award', '{"xp": 1}'), ($2, 'ann', 'award', '{"xp": 2}'),
+        ($3, 'ann', 'award', '{"xp": 4}'), (NULL, 'ann', 'award', '{"xp": 8}'), ('plain', 'ann', 'award', '{"xp": 16}')
+      """, [long, digest, "sluice:null-id@\(nullRowPosition)"])
+    let daemon = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 5 })
+    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try db.scalar("SELECT count(DISTINCT event_id) FROM sluice.event_log") == "5")
+    #expect(try XPFixture.totals(db) == ["ann": 2 + 4 + 16], "the long id and the NULL id are rejected")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE event_id LIKE 'sluice:null-id@%'") == "1")
+  }
+
+  /// Found by review: after an unclean stop, innocent events must not be
+  /// charged an attempt they never made (with SLUICE_MAX_ATTEMPTS=1 they
+  /// went dead unrun).
+  @Test func anUncleanStopChargesNoInnocentEvent() throws {
+    let db = try TestDatabase("innocent")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try createSlot(db)
+    let environment = ["SLUICE_MAX_ATTEMPTS": "1"]
+    var daemon = try startDaemon(db, environment)
+    try XPFixture.insert(db, (0..<5).map { ("a\($0)", "ann", "award", 1, nil) })
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 5 })
+    daemon.signal(SIGKILL)
+    _ = daemon.waitForExit()
+    daemon = try startDaemon(db, environment)
+    try XPFixture.insert(db, (5..<10).map { ("a\($0)", "ann", "award", 1, nil) })
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 10 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'applied' AND attempts = 1") == "10")
+    #expect(try XPFixture.totals(db) == ["ann": 10])
+  }
+
+  /// Found by review: a handler finishing just at its deadline could leave
+  /// a cancel request that landed on the daemon's next statement. Whatever
+  /// the timing, the daemon keeps running and no other event is touched.
+  @Test func handlersRightAtTheirDeadlineDisturbNothingElse() throws {
+    let db = try TestDatabase("latecancel")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      CREATE FUNCTION xp.slow(e jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(0.19) $$;
+      INSERT INTO sluice.handlers VALUES ('slow', 'xp.slow');
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('slow', 'anyone');
+      """)
+    try createSlot(db)
+    for round in 0..<8 {
+      try XPFixture.insert(
+        db, [("s\(round)", "u", "slow", 1, nil)] + (0..<25).map { ("n\(round)-\($0)", "ann", "award", 1, nil) })
+    }
+    let daemon = try startDaemon(db, ["SLUICE_HANDLER_TIMEOUT_MS": "200", "SLUICE_MAX_ATTEMPTS": "2"])
+    #expect(try eventually(120, "208 ledger rows") { try XPFixture.ledgerCount(db) == 208 })
+    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(
+      try db.scalar("SELECT count(*) FROM sluice.event_log WHERE event_id LIKE 'n%' AND status = 'applied'") == "200")
+    #expect(try XPFixture.totals(db)["ann"] == 200)
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead' AND event IS NULL") == "0")
+  }
+
+  /// Found by review: one huge row, written down when it goes dead, could
+  /// exhaust memory on every restart. Rows over 16 MiB are rejected.
+  @Test func aHugeRowIsRejected() throws {
+    let db = try TestDatabase("hugerow")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try createSlot(db)
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+      VALUES ('huge', 'ann', 'award', jsonb_build_object('xp', 1, 'junk', repeat('x', 17 * 1024 * 1024))),
+             ('small', 'ann', 'award', '{"xp": 2}')
+      """)
+    let daemon = try startDaemon(db)
+    #expect(try eventually(60) { try XPFixture.ledgerCount(db) == 2 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let reason = try db.scalar("SELECT reason FROM sluice.event_log WHERE event_id = 'huge'") ?? ""
+    #expect(reason.hasPrefix("row is ") && reason.hasSuffix("bytes; the limit is 16777216"), "\(reason)")
+    #expect(try XPFixture.totals(db) == ["ann": 2])
   }
 }

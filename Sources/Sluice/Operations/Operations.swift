@@ -77,7 +77,7 @@ public struct Operations {
 
   private func deadTargets(id: String?, source: String?) throws -> [DeadEvent] {
     let targets = try deadEvents().filter { event in
-      (id == nil || event.eventID == id) && (source == nil || event.source == source)
+      (id == nil || event.eventID.bytewiseEquals(id!)) && (source == nil || event.source.bytewiseEquals(source!))
     }
     if let id, targets.isEmpty {
       throw OperationError("no dead event with id \(id)\(source.map { " in \($0)" } ?? "")")

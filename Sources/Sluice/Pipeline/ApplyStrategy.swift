@@ -47,11 +47,14 @@ struct ApplyEnvironment {
     }
   }
 
-  /// Errors after which the transaction cannot go on here: thrown, not reported.
+  /// Errors after which the transaction cannot go on here: thrown, not
+  /// reported. Judged by the connection itself, not by SQLSTATE alone: a
+  /// handler that relays a remote 08xxx (dblink, postgres_fdw) has failed,
+  /// and its connection is fine.
   func mustThrow(_ error: any Error) -> Bool {
-    if error is LedgerConflict { return true }
-    if let error = error as? PostgresError, error.isConnectionLoss { return true }
-    return !connection.isHealthy
+    if error is LedgerConflict || !connection.isHealthy { return true }
+    guard let error = error as? PostgresError else { return false }
+    return error.sqlState == nil || error.sqlState?.rawValue.hasPrefix("57P") == true
   }
 
   func rollback() {

@@ -32,13 +32,9 @@ public final class BatchProcessor {
   /// How many of the next events run alone: after the daemon or its session
   /// died mid-batch, the event that did it is among them (the batch sizes
   /// are the same, and every event before that batch has its ledger row).
-  var isolateNext = 0 {
-    didSet { if isolateNext > oldValue { uncountedCrash = true } }
-  }
-  /// The attempt that died with the last session is not counted yet: the
-  /// first isolated event that turns out to be running then (it fails, or
-  /// its attempts were counted before) is charged it, and no other.
-  private var uncountedCrash = false
+  var isolateNext = 0
+  /// The last session died outside any counted attempt (see `Ledger.beginAttempt`).
+  var uncountedCrash = false
   /// Called whenever work progresses (retries included), to feed the watchdog.
   var heartbeat: () -> Void = {}
   /// Set to abandon a batch during a retry's backoff (shutdown).
@@ -89,28 +85,36 @@ public final class BatchProcessor {
   private func apply(_ plan: BatchPlan, tail: [Statement]) throws {
     let started = ContinuousClock.now
     var committed: [LedgerEntry] = []
-    do {
-      committed = try execute(plan, tail: tail, skipPast: ledgerHighWater)
-    } catch is LedgerConflict {
-      // Someone else (`sluice backfill`) wrote some of these events: look every one up.
-      logger.debug("ledger rows written concurrently; looking the batch up again")
-      committed = try execute(plan, tail: tail, skipPast: nil)
+    defer { record(committed, since: started) }
+    var highWater = ledgerHighWater
+    for _ in 0..<3 {
+      do {
+        try execute(plan, tail: tail, skipPast: highWater, into: &committed)
+        return
+      } catch is LedgerConflict {
+        // Someone else (`sluice backfill`) wrote some of these events: look every one up.
+        logger.debug("ledger rows written concurrently; looking the batch up again")
+        highWater = nil
+      }
     }
-    record(committed, since: started)
+    throw LedgerConflict(description: "ledger rows kept appearing under the batch; starting over")
   }
 
-  private func execute(_ plan: BatchPlan, tail: [Statement], skipPast highWater: LSN?) throws -> [LedgerEntry] {
+  private func execute(
+    _ plan: BatchPlan, tail: [Statement], skipPast highWater: LSN?, into committed: inout [LedgerEntry]
+  ) throws {
     let seen = try Ledger.seen(plan.replaySuspects(ledgerHighWater: highWater), on: connection)
     let owners = try Ledger.owners(plan.ownerSuspects(seen: seen), on: connection)
     let units = plan.units(seen: seen, owners: owners)
     let isolated = min(isolateNext, units.count)
     var schedule = ApplySchedule(count: units.count, isolated: isolated, pipelining: pipelining)
-    var committed: [LedgerEntry] = []
     var tailWritten = false
+    let before = committed.count
+    var partly: Bool { committed.count > before }
     while let attempt = schedule.next {
       switch attempt {
       case .fast(let range), .careful(let range):
-        let whole = range == units.indices && committed.isEmpty
+        let whole = range == units.indices && !partly
         let finish = { (entries: [LedgerEntry]) -> [Statement] in
           var statements = entries.isEmpty ? [] : [Ledger.insert(entries)]
           if whole {
@@ -145,7 +149,6 @@ public final class BatchProcessor {
     if isolateNext == 0 { uncountedCrash = false }
     if !tailWritten && !tail.isEmpty { try transaction(tail) }
     if let highWater = Self.highWater(committed) { ledgerHighWater = max(ledgerHighWater ?? highWater, highWater) }
-    return committed
   }
 
   private static func highWater(_ entries: [LedgerEntry]) -> LSN? {
@@ -158,15 +161,14 @@ public final class BatchProcessor {
     logger.warning(
       "handler failed",
       metadata: ["event_type": "\(unit.event.type)", "event_id": "\(unit.event.id)", "error": "\(error)"])
-    _ = try Ledger.beginAttempt(unit.event, on: connection)
+    _ = try Ledger.beginAttempt(unit.event, uncountedCrash: false, on: connection)
     try Ledger.failAttempt(unit.event, error: error, on: connection)
   }
 
   /// One event by itself until it has a ledger row: each attempt counted in
   /// the journal before it runs, failures retried with backoff outside any
-  /// transaction, `dead` after `maxAttempts`. `afterCrash`: the session
-  /// before died during a batch that may have held this event, so its first
-  /// attempt here is counted as its second (the one that died with it).
+  /// transaction, `dead` after `maxAttempts`. `afterCrash`: it is isolated
+  /// because the session before died during a batch that may have held it.
   private func applyAlone(_ unit: ApplyUnit, afterCrash: Bool) throws -> LedgerEntry {
     let event = unit.event
     if let entry = unit.recordedEntry {
@@ -175,9 +177,8 @@ public final class BatchProcessor {
     }
     var backoff = Backoff(baseMilliseconds: retryBaseMilliseconds, capMilliseconds: 5000)
     while true {
-      let charge = afterCrash && uncountedCrash
-      let (attempt, priorError, counted) = try Ledger.beginAttempt(event, first: charge ? 2 : 1, on: connection)
-      if counted { uncountedCrash = false }
+      let (attempt, priorError) = try Ledger.beginAttempt(
+        event, uncountedCrash: afterCrash && uncountedCrash, on: connection)
       if attempt > maxAttempts {
         let entry = unit.entry(.dead, reason: priorError ?? "failed \(maxAttempts) times", attempts: attempt - 1)
         try commitEnsuringARow(entry)
@@ -194,7 +195,6 @@ public final class BatchProcessor {
       case .committed(let entries): return entries[0]
       case .stoppedAt(_, let failure, _), .failed(let failure): error = failure
       }
-      uncountedCrash = false
       metrics?.handlerFailed()
       logger.warning(
         "event failed",

@@ -16,9 +16,14 @@ enum Ledger {
     guard !events.isEmpty else { return [] }
     let result = try connection.query(
       """
-      SELECT k.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(source, event_id, i)
-      JOIN sluice.event_log l ON l.source = k.source AND l.event_id = sluice.ledger_id(k.event_id)
-      """, [PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id))])
+      SELECT k.i FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY AS k(source, event_id, synthetic, i)
+      JOIN sluice.event_log l
+        ON l.source = k.source AND l.event_id = CASE WHEN k.synthetic THEN k.event_id ELSE sluice.ledger_id(k.event_id) END
+      """,
+      [
+        PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id)),
+        PGArray.literal(events.map { $0.idIsSynthetic ? "t" : "f" }),
+      ])
     return Set(result.rows.compactMap { $0[0].flatMap { Int($0) }.map { LedgerKey(events[$0 - 1]) } })
   }
 
@@ -55,11 +60,12 @@ enum Ledger {
       sql: """
         INSERT INTO sluice.event_log
           (source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
-        SELECT source, sluice.ledger_id(event_id), event_type, actor, dedupe_key, status, reason, attempts, commit_lsn,
-               committed_at, event
+        SELECT source, CASE WHEN synthetic THEN event_id ELSE sluice.ledger_id(event_id) END, event_type, actor,
+               dedupe_key, status, reason, attempts, commit_lsn, committed_at, event
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::int[], $9::pg_lsn[], $10::timestamptz[], $11::jsonb[])
-          AS k(source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
+                    $8::int[], $9::pg_lsn[], $10::timestamptz[], $11::jsonb[], $12::bool[])
+          AS k(source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event,
+               synthetic)
         """,
       parameters: [
         PGArray.literal(entries.map(\.event.source)), PGArray.literal(entries.map(\.event.id)),
@@ -71,6 +77,7 @@ enum Ledger {
         PGArray.literal(entries.map { $0.event.commitLSN?.description }),
         PGArray.literal(entries.map { $0.event.committedAt.map(PostgresTime.iso8601) }),
         PGArray.literal(entries.map { $0.status == .dead ? EventRecord.encode($0.event) : nil }),
+        PGArray.literal(entries.map { $0.event.idIsSynthetic ? "t" : "f" }),
       ])
   }
 
@@ -127,44 +134,69 @@ enum Ledger {
     }
   }
 
+  /// The ledger's id for an event id bound at `id`, with its synthetic flag at `synthetic`.
+  static func ledgerID(_ id: String, _ synthetic: String) -> String {
+    "CASE WHEN \(synthetic)::bool THEN \(id) ELSE sluice.ledger_id(\(id)) END"
+  }
+
+  static func flag(_ event: Event) -> String { event.idIsSynthetic ? "t" : "f" }
+
   // MARK: - The attempts journal
 
   /// Counts one more attempt of an event retried alone, committed on its own
   /// (and flushed) before the attempt runs: if the attempt kills the daemon
   /// or its backend, it has been counted. Returns the attempt's number and
-  /// the error the previous attempt left. `first`: the number a first
-  /// attempt gets (2 when the session before died during the event's batch);
-  /// `counted`: whether an earlier attempt was already counted.
-  static func beginAttempt(_ event: Event, first: Int = 1, on connection: PGConnection) throws -> (
-    attempt: Int, priorError: String?, counted: Bool
+  /// the error the previous attempt left.
+  ///
+  /// `uncountedCrash`: the last session died outside any counted attempt
+  /// (in a batch). The row remembers it; if this attempt then dies too, the
+  /// event was what killed that session, and the next attempt adds the
+  /// uncounted one, once.
+  static func beginAttempt(_ event: Event, uncountedCrash: Bool, on connection: PGConnection) throws -> (
+    attempt: Int, priorError: String?
   ) {
     // The statement's snapshot shows the row as it was before this upsert.
     let row = try connection.query(
       """
       WITH prior AS MATERIALIZED (
-        SELECT last_error FROM sluice.attempts WHERE source = $1 AND event_id = sluice.ledger_id($2))
-      INSERT INTO sluice.attempts AS a (source, event_id, attempts, last_error)
-      VALUES ($1, sluice.ledger_id($2), $4::int, $3)
+        SELECT last_error FROM sluice.attempts WHERE source = $1 AND event_id = \(ledgerID("$2", "$5")))
+      INSERT INTO sluice.attempts AS a (source, event_id, attempts, last_error, in_flight, uncounted_crash)
+      VALUES ($1, \(ledgerID("$2", "$5")), 1, $3, true, $4::bool)
       ON CONFLICT (source, event_id) DO UPDATE
-        SET attempts = a.attempts + 1, last_error = EXCLUDED.last_error, updated_at = now()
-      RETURNING a.attempts, (SELECT last_error FROM prior), (SELECT count(*) FROM prior)
+        SET attempts = a.attempts + 1 + CASE WHEN a.uncounted_crash AND a.in_flight THEN 1 ELSE 0 END,
+            last_error = EXCLUDED.last_error, in_flight = true, uncounted_crash = false, updated_at = now()
+      RETURNING a.attempts, (SELECT last_error FROM prior)
       """,
-      [event.source, event.id, "the daemon or its database session died while handling this event", String(first)]
+      [
+        event.source, event.id, "the daemon or its database session died while handling this event",
+        uncountedCrash ? "t" : "f", flag(event),
+      ]
     ).rows.first
-    return (Int(row?[0] ?? "") ?? 1, row?[1] ?? nil, row?[2] == "1")
+    return (Int(row?[0] ?? "") ?? 1, row?[1] ?? nil)
   }
 
-  /// What the attempt that just failed failed with.
+  /// What the attempt that just failed failed with (it ended: not in flight).
   static func failAttempt(_ event: Event, error: String, on connection: PGConnection) throws {
     try connection.query(
-      "UPDATE sluice.attempts SET last_error = $3, updated_at = now() WHERE source = $1 AND event_id = sluice.ledger_id($2)",
-      [event.source, event.id, error])
+      """
+      UPDATE sluice.attempts SET last_error = $3, in_flight = false, updated_at = now()
+      WHERE source = $1 AND event_id = \(ledgerID("$2", "$4"))
+      """, [event.source, event.id, error, flag(event)])
   }
 
   /// Written in the transaction that gives the event its ledger row.
   static func endAttempts(_ event: Event) -> Statement {
     Statement(
-      sql: "DELETE FROM sluice.attempts WHERE source = $1 AND event_id = sluice.ledger_id($2)",
-      parameters: [event.source, event.id])
+      sql: "DELETE FROM sluice.attempts WHERE source = $1 AND event_id = \(ledgerID("$2", "$3"))",
+      parameters: [event.source, event.id, flag(event)])
+  }
+
+  /// At a session's start: forgets attempts of events that have their ledger
+  /// row (a later batch applied them), and says whether an attempt was in
+  /// flight when the last session ended (then that death was counted).
+  static func tidyAttempts(on connection: PGConnection) throws -> Bool {
+    try connection.query(
+      "DELETE FROM sluice.attempts a USING sluice.event_log l WHERE l.source = a.source AND l.event_id = a.event_id")
+    return try connection.query("SELECT EXISTS (SELECT 1 FROM sluice.attempts WHERE in_flight)").scalar == "t"
   }
 }

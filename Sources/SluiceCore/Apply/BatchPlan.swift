@@ -33,15 +33,19 @@ public struct HandlerCatalog: Sendable {
   }
 }
 
-/// An event's identity in the ledger: (source, event id), byte-wise.
+/// An event's identity in the ledger: (source, event id), byte-wise. The
+/// ledger maps ids one to one (`sluice.ledger_id`), so distinct keys here
+/// are distinct ledger rows.
 public struct LedgerKey: Hashable, Sendable {
   public var source: Bytewise
   public var id: Bytewise
-  public init(source: String, id: String) {
+  public var synthetic: Bool
+  public init(source: String, id: String, synthetic: Bool = false) {
     self.source = Bytewise(source)
     self.id = Bytewise(id)
+    self.synthetic = synthetic
   }
-  public init(_ event: Event) { self.init(source: event.source, id: event.id) }
+  public init(_ event: Event) { self.init(source: event.source, id: event.id, synthetic: event.idIsSynthetic) }
 }
 
 /// What an allowed event with a dedupe key owns: (type, actor, key), byte-wise.

@@ -14,6 +14,9 @@ public struct Event: Sendable, Equatable {
   public var commitLSN: LSN?
   public var committedAt: PostgresTimestamp?
   public var xid: UInt32?
+  /// The row had no id: `id` is the daemon's own (`sluice:null-id@<lsn>`),
+  /// which the ledger stores as it is (client ids with that prefix are digested).
+  public var idIsSynthetic = false
 
   public init(
     source: String, id: String, type: String, actor: String?, scope: String? = nil, dedupeKey: String? = nil,
@@ -107,10 +110,11 @@ public struct SourceMapping: Sendable, Equatable {
     let id = row.text(idColumn)
     let type = eventType ?? eventTypeColumn.flatMap { row.text($0) }
     var event = Event(
-      source: relation, id: id ?? "lsn:\(position?.description ?? "?")", type: type ?? "",
+      source: relation, id: id ?? "sluice:null-id@\(position?.description ?? "backfill")", type: type ?? "",
       actor: row.text(actorColumn), scope: scopeColumn.flatMap { row.text($0) },
       dedupeKey: dedupeColumn.flatMap { row.text($0) }, row: row, commitLSN: commitLSN, committedAt: committedAt,
       xid: xid)
+    event.idIsSynthetic = id == nil
     for column in [idColumn, actorColumn] + [eventTypeColumn, dedupeColumn, scopeColumn].compactMap({ $0 })
     where row[column] == nil {
       return (event, "source \(relation) has no column \"\(column)\"")
@@ -121,6 +125,10 @@ public struct SourceMapping: Sendable, Equatable {
       return (event, "event type column \"\(eventTypeColumn ?? "?")\" is NULL or empty")
     }
     if let tooLong = EventLimits.overLong(event) { return (event, tooLong) }
+    let size = row.estimatedBytes
+    if size > EventLimits.maxRowBytes {
+      return (event, "row is \(size) bytes; the limit is \(EventLimits.maxRowBytes)")
+    }
     return (event, nil)
   }
 }
@@ -130,6 +138,10 @@ public struct SourceMapping: Sendable, Equatable {
 public enum EventLimits {
   /// Longest id, type, actor, scope or dedupe key, in UTF-8 bytes.
   public static let maxFieldBytes = 1024
+  /// Largest row (its decoded values) that becomes an event: one row must
+  /// not be able to exhaust the daemon's memory when it is written down
+  /// (a dead event's record) or bound as a handler's parameter.
+  public static let maxRowBytes = 16 << 20
 
   /// Why the event breaks a limit (naming the first field that does), or nil.
   public static func overLong(_ event: Event) -> String? {

@@ -31,6 +31,7 @@ public enum EventRecord {
       writer.key("committed_at_us")
       writer.string(String(time))
     }
+    if event.idIsSynthetic { writer.raw(",\"synthetic_id\":true") }
     if let xid = event.xid {
       writer.raw(",")
       writer.key("xid")
@@ -63,12 +64,14 @@ public enum EventRecord {
       else { return nil }
       row.append((name, value))
     }
-    return Event(
+    var event = Event(
       source: source, id: id, type: type, actor: object["actor"]?.string, scope: object["scope"]?.string,
       dedupeKey: object["dedupe_key"]?.string, row: Row(row),
       commitLSN: object["commit_lsn"]?.string.flatMap { LSN($0) },
       committedAt: object["committed_at_us"]?.string.flatMap { Int64($0) },
       xid: object["xid"]?.integer.flatMap { UInt32(exactly: $0) })
+    event.idIsSynthetic = object["synthetic_id"] == .bool(true)
+    return event
   }
 
   /// `["tag", value]`.
