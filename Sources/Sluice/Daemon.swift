@@ -284,10 +284,14 @@ public final class Daemon: @unchecked Sendable {
       }
       // Mid-transaction, wait briefly for the rest rather than commit a sliver.
       let deadline = Date().addingTimeInterval(fillTimeout)
-      while items.count < batchSize, !Self.endsAtCommit(items), Date() < deadline, !queue.closed {
-        items += queue.take(
-          upTo: batchSize - items.count, bytes: Self.queueBytes - items.reduce(0) { $0 + $1.estimatedBytes },
-          timeout: max(0, deadline.timeIntervalSinceNow))
+      var bytes = items.reduce(0) { $0 + $1.estimatedBytes }
+      while items.count < batchSize, bytes < Self.queueBytes, !Self.endsAtCommit(items), Date() < deadline,
+        !queue.closed
+      {
+        let more = queue.take(
+          upTo: batchSize - items.count, bytes: Self.queueBytes - bytes, timeout: max(0, deadline.timeIntervalSinceNow))
+        bytes += more.reduce(0) { $0 + $1.estimatedBytes }
+        items += more
       }
       let started = ContinuousClock.now
       do {

@@ -67,11 +67,7 @@ public final class BatchProcessor {
     let plan = planner.plan(items)
     ignoredChanges += plan.ignored
     guard !plan.isEmpty else { return nil }
-    var tail = plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) }
-    if plan.completed != nil {
-      tail.append(Ledger.state(slot: slot, completed: plan.completed, highWater: nil, mirrorLSN: plan.completed))
-    }
-    try apply(plan, tail: tail)
+    try apply(plan, tail: plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) })
     return plan.completed
   }
 
@@ -117,11 +113,12 @@ public final class BatchProcessor {
         let whole = range == units.indices && !partly
         let finish = { (entries: [LedgerEntry]) -> [Statement] in
           var statements = entries.isEmpty ? [] : [Ledger.insert(entries)]
-          if whole {
-            statements += tail
-          }
-          if let highWater = Self.highWater(entries) {
-            statements.append(Ledger.state(slot: self.slot, completed: nil, highWater: highWater, mirrorLSN: nil))
+          if whole { statements += tail }
+          let completed = whole ? plan.completed : nil
+          let highWater = Self.highWater(entries)
+          if completed != nil || highWater != nil {
+            statements.append(
+              Ledger.state(slot: self.slot, completed: completed, highWater: highWater, mirrorLSN: completed))
           }
           return statements
         }
@@ -147,7 +144,10 @@ public final class BatchProcessor {
     }
     isolateNext -= isolated
     if isolateNext == 0 { uncountedCrash = false }
-    if !tailWritten && !tail.isEmpty { try transaction(tail) }
+    if !tailWritten && (!tail.isEmpty || plan.completed != nil) {
+      try transaction(
+        tail + [Ledger.state(slot: slot, completed: plan.completed, highWater: nil, mirrorLSN: plan.completed)])
+    }
     if let highWater = Self.highWater(committed) { ledgerHighWater = max(ledgerHighWater ?? highWater, highWater) }
   }
 

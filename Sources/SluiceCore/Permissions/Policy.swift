@@ -45,6 +45,8 @@ public struct Policy: Sendable, Equatable {
   public private(set) var grants: [Bytewise: Grant] = [:]
   /// actor → grant ids, so evaluation does not scan every grant.
   private var grantsByActor: [Bytewise: Set<Bytewise>] = [:]
+  /// event type → how many rules name it exactly ('*' included).
+  private var rulesByType: [Bytewise: Int] = [:]
   /// event type → SQL function (`sluice.handlers`).
   public private(set) var handlers: [Bytewise: String] = [:]
 
@@ -59,7 +61,8 @@ public struct Policy: Sendable, Equatable {
   /// True when a rule names the type itself (not '*') or a SQL handler is
   /// registered for it: such types are the configuration's, not a client's.
   public func namesType(_ type: String) -> Bool {
-    handlers[Bytewise(type)] != nil || rules.values.contains { $0.eventType.bytewiseEquals(type) }
+    let key = Bytewise(type)
+    return handlers[key] != nil || rulesByType[key] != nil
   }
 
   public mutating func apply(_ change: Change) {
@@ -67,7 +70,9 @@ public struct Policy: Sendable, Equatable {
     case .truncate(let table):
       switch table {
       case .sources: sources.removeAll()
-      case .permissionRules: rules.removeAll()
+      case .permissionRules:
+        rules.removeAll()
+        rulesByType.removeAll()
       case .actorRoles:
         grants.removeAll()
         grantsByActor.removeAll()
@@ -89,6 +94,7 @@ public struct Policy: Sendable, Equatable {
       case .permissionRules:
         guard let type = text("event_type"), let role = text("role") else { return }
         rules[key] = Rule(eventType: type, role: role)
+        rulesByType[Bytewise(type), default: 0] += 1
       case .actorRoles:
         guard let actor = text("actor"), let role = text("role") else { return }
         grants[key] = Grant(actor: actor, role: role, scope: text("scope"))
@@ -103,7 +109,12 @@ public struct Policy: Sendable, Equatable {
   private mutating func remove(_ table: Table, _ key: Bytewise) {
     switch table {
     case .sources: sources[key] = nil
-    case .permissionRules: rules[key] = nil
+    case .permissionRules:
+      if let old = rules.removeValue(forKey: key) {
+        let type = Bytewise(old.eventType)
+        rulesByType[type, default: 1] -= 1
+        if rulesByType[type] == 0 { rulesByType[type] = nil }
+      }
     case .actorRoles:
       if let old = grants.removeValue(forKey: key) {
         let actor = Bytewise(old.actor)
