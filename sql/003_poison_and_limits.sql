@@ -5,10 +5,10 @@
 -- begin with 'sha256:' or 'sluice:' are digested too, whatever their
 -- length, so that no client id can take the place of a digest or of the
 -- daemon's own ids for rows with a NULL id ('sluice:null-id@<lsn>'): the
--- mapping stays one to one. Immutable in practice: a database's encoding
--- never changes.
+-- mapping stays one to one. STABLE and not STRICT (as convert_to is), so
+-- that the planner inlines it: it runs for every ledger row.
 CREATE FUNCTION sluice.ledger_id(id text) RETURNS text
-  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  LANGUAGE sql STABLE PARALLEL SAFE
   RETURN CASE WHEN octet_length(id) > 1024 OR starts_with(id, 'sha256:') OR starts_with(id, 'sluice:')
               THEN 'sha256:' || encode(sha256(convert_to(id, 'UTF8')), 'hex') ELSE id END;
 
@@ -58,3 +58,17 @@ DELETE FROM sluice.policy_mirror WHERE slot IS NULL;
 ALTER TABLE sluice.policy_mirror ALTER COLUMN slot SET NOT NULL;
 ALTER TABLE sluice.policy_mirror DROP CONSTRAINT policy_mirror_pkey;
 ALTER TABLE sluice.policy_mirror ADD PRIMARY KEY (slot, table_name, key);
+
+-- SPEC 8, registering a busy table: a source registered while the daemon
+-- streams has rows older than its registration. Each such registration is
+-- recorded with the batch that sees it, and its rows written by
+-- transactions older than the registering one (before_xid) are backfilled
+-- once. Rows of the registering transaction and later ones are the
+-- stream's: events or not, as their place in the WAL says.
+CREATE TABLE sluice.pending_backfills (
+  slot text NOT NULL,
+  relation text NOT NULL,
+  before_xid xid,
+  registered_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (slot, relation)
+);

@@ -103,7 +103,7 @@ public final class Daemon: @unchecked Sendable {
   }
 
   static func isTransient(_ error: any Error) -> Bool {
-    if error is ReplicationError || error is LedgerConflict { return true }
+    if error is ReplicationError || error is LedgerConflict || error is SlotLost { return true }
     guard let error = error as? PostgresError else { return false }
     // The slot is still active for a dying walsender; a concurrent backfill
     // wrote the same ledger row; an operator (or a late handler-timeout
@@ -127,9 +127,11 @@ public final class Daemon: @unchecked Sendable {
     let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice")
     defer { stream.close() }
     let slot = configuration.slot
-    let slotRow = try sql.query(
-      "SELECT confirmed_flush_lsn::text, plugin, database, database = current_database() FROM pg_replication_slots WHERE slot_name = $1",
-      [slot]
+    var slotRow = try sql.query(
+      """
+      SELECT confirmed_flush_lsn::text, plugin, database, database = current_database(), wal_status
+      FROM pg_replication_slots WHERE slot_name = $1
+      """, [slot]
     ).rows.first
     if let slotRow, slotRow[3] != "t" {
       // Slot names are unique in the whole cluster, not per database.
@@ -140,6 +142,18 @@ public final class Daemon: @unchecked Sendable {
     var start: LSN
     let processor: BatchProcessor
     let mirrorReady = try PolicyStore.isMirrorReady(sql, slot: slot)
+    if mirrorReady, slotRow == nil || slotRow?[4] == "lost" {
+      // The WAL the slot needed is gone (max_slot_wal_keep_size), or the slot
+      // is (a dropped slot; a promoted standby that never had it). Start over
+      // with a new slot, and backfill every source row the ledger has not seen.
+      let why =
+        slotRow == nil ? "is missing (dropped, or a promoted standby without it)" : "was invalidated (wal_status lost)"
+      logger.warning(
+        "slot \(why): recreating it and backfilling the source rows the ledger has not seen",
+        metadata: ["slot": "\(slot)"])
+      if slotRow != nil { try sql.query("SELECT pg_drop_replication_slot($1)", [slot]) }
+      slotRow = nil
+    }
     if let slotRow, mirrorReady {
       guard slotRow[1] == "pgoutput" else {
         throw StartupError("slot \(slot) uses plugin \(slotRow[1] ?? "?"), not pgoutput")
@@ -181,8 +195,17 @@ public final class Daemon: @unchecked Sendable {
       capacity: max(2 * configuration.batchSize, 1024), byteCapacity: Self.queueBytes, cost: \.estimatedBytes)
     let ack = SharedAckTracker(confirmed: start)
     let version = ReplicationConnection.protocolVersion(serverVersion: stream.connection.serverVersion)
-    try stream.startReplication(
-      slot: slot, start: start, protocolVersion: version, publications: [configuration.publication])
+    do {
+      try stream.startReplication(
+        slot: slot, start: start, protocolVersion: version, publications: [configuration.publication])
+    } catch let error as PostgresError where error.sqlState == .objectNotInPrerequisiteState {
+      // Invalidated between our look and START_REPLICATION: the next session recreates it.
+      logger.warning("slot cannot stream: \(error)", metadata: ["slot": "\(slot)"])
+      try sql.query("SELECT pg_drop_replication_slot($1)", [slot])
+      throw SlotLost(description: "\(error)")
+    }
+    warnAboutConfigurationWriters(sql)
+    try runPendingBackfills(processor, sql)
     let reader = StreamReader(stream: stream, queue: queue, ack: ack, logger: logger)
     reader.start()
     logger.info(
@@ -205,6 +228,42 @@ public final class Daemon: @unchecked Sendable {
     confirmed = ack.confirmed
     if stop.isSet { try sql.query("UPDATE sluice.stream_state SET live = false WHERE slot = $1", [slot]) }
     logger.info("stopped", metadata: ["confirmed": "\(confirmed)"])
+  }
+
+  /// SPEC 8 / `sluice check`: anyone else who can write the rules can grant themselves anything.
+  private func warnAboutConfigurationWriters(_ sql: PGConnection) {
+    guard let writers = try? Operations.configurationWriters(sql) else { return }
+    for writer in writers {
+      logger.warning(
+        "a role other than the owner can change the rules",
+        metadata: ["table": "\(writer.table)", "role": "\(writer.role)", "privileges": "\(writer.privileges)"])
+    }
+  }
+
+  /// Sources registered while the daemon ran have rows that predate their
+  /// registration: each is backfilled once, between batches (SPEC 8,
+  /// "Registering a busy table"; README).
+  private func runPendingBackfills(_ processor: BatchProcessor, _ sql: PGConnection) throws {
+    let pending = try sql.query(
+      "SELECT relation, before_xid::text FROM sluice.pending_backfills WHERE slot = $1 ORDER BY registered_at, relation",
+      [configuration.slot]
+    ).rows
+    for row in pending {
+      guard let relation = row[0] else { continue }
+      if let source = processor.policy.source(relation) {
+        let reader = try PGConnection(conninfo: configuration.databaseURL, applicationName: "sluice-backfill")
+        defer { reader.close() }
+        try reader.simpleQuery("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        let rows = try Backfill.run(
+          source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop,
+          beforeXID: row[1])
+        try reader.simpleQuery("COMMIT")
+        if stop.isSet { return }
+        logger.info("backfilled a newly registered source", metadata: ["relation": "\(relation)", "rows": "\(rows)"])
+      }
+      try sql.query(
+        "DELETE FROM sluice.pending_backfills WHERE slot = $1 AND relation = $2", [configuration.slot, relation])
+    }
   }
 
   /// Bytes of decoded rows the reader may queue ahead of the handling stage
@@ -298,6 +357,10 @@ public final class Daemon: @unchecked Sendable {
         if let end = try processor.process(items) {
           ack.update { $0.durable(through: end) }
         }
+        if processor.registeredSources {
+          processor.registeredSources = false
+          try runPendingBackfills(processor, processor.connection)
+        }
       } catch is ApplyInterrupted {
         return
       }
@@ -377,6 +440,11 @@ final class Health: Sendable {
   private let last = Mutex(ContinuousClock.now.advanced(by: .seconds(-3600)))
   func touch() { last.withLock { $0 = .now } }
   var isFresh: Bool { last.withLock { $0.duration(to: .now) < .seconds(30) } }
+}
+
+/// The slot cannot stream (invalidated): it was dropped, and the next session recreates it.
+struct SlotLost: Error, CustomStringConvertible {
+  var description: String
 }
 
 public struct StartupError: Error, CustomStringConvertible {

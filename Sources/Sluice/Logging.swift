@@ -29,8 +29,10 @@ public struct SluiceLogHandler: LogHandler {
     var line: String
     switch format {
     case .text:
-      line = "\(level) \(message)"
-      for key in keys { line += " \(key)=\(merged[key].map { "\($0)" } ?? "")" }
+      // Values may hold client-chosen text: control characters are escaped,
+      // so a row cannot forge a log line.
+      line = "\(level) \(Self.escaped("\(message)"))"
+      for key in keys { line += " \(key)=\(Self.escaped(merged[key].map { "\($0)" } ?? ""))" }
     case .json:
       var writer = JSONWriter()
       writer.raw("{\"ts\":")
@@ -51,6 +53,28 @@ public struct SluiceLogHandler: LogHandler {
     var bytes = Array(line.utf8)
     // One write(2) per line, so concurrent lines never interleave.
     _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+  }
+
+  /// Text with control characters (C0, DEL, C1, and the Unicode line and
+  /// paragraph separators) written as `\n`, `\t` or `\u{XX}`.
+  static func escaped(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: isControl) else { return text }
+    var out = ""
+    for scalar in text.unicodeScalars {
+      switch scalar {
+      case "\n": out += "\\n"
+      case "\r": out += "\\r"
+      case "\t": out += "\\t"
+      case "\\": out += "\\\\"
+      case _ where isControl(scalar): out += "\\u{\(String(scalar.value, radix: 16))}"
+      default: out.unicodeScalars.append(scalar)
+      }
+    }
+    return out
+  }
+
+  private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+    scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
   }
 
   /// Installs the handler process-wide.

@@ -39,21 +39,41 @@ public enum Migrator {
     return done
   }
 
-  /// Creates the publication with the configuration tables if it is missing,
-  /// and adds any configuration table it lacks.
+  /// What the publication must do: publish every kind of change (the
+  /// configuration tables' deletes and truncates are revokes), and name a
+  /// partitioned source by its root, so that every partition's rows, present
+  /// and future, are events of the registered table.
+  static let publicationOptions = "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
+
+  /// Creates the publication with the configuration tables if it is
+  /// missing, adds any configuration table it lacks, and sets its options
+  /// (`publicationOptions`) if they differ.
   public static func ensurePublication(_ connection: PGConnection, _ publication: String) throws {
-    let exists = try connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [publication])
+    let row = try connection.query(
+      "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate AND pubviaroot FROM pg_publication WHERE pubname = $1",
+      [publication]
+    ).rows.first
     let name = PGConnection.quoteIdentifier(publication)
-    if exists.rows.isEmpty {
-      try connection.query("CREATE PUBLICATION \(name) FOR TABLE \(publishedTables.joined(separator: ", "))")
+    guard let row else {
+      try connection.query(
+        "CREATE PUBLICATION \(name) FOR TABLE \(publishedTables.joined(separator: ", ")) WITH (\(publicationOptions))")
       return
     }
-    let members = Set(
-      try connection.query(
-        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", [publication]
-      ).rows.compactMap { $0[0] })
-    for table in publishedTables where !members.contains(table) {
-      try connection.query("ALTER PUBLICATION \(name) ADD TABLE \(table)")
+    do {
+      if row[0] != "t" { try connection.query("ALTER PUBLICATION \(name) SET (\(publicationOptions))") }
+      let members = Set(
+        try connection.query(
+          "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", [publication]
+        ).rows.compactMap { $0[0] })
+      for table in publishedTables where !members.contains(table) {
+        try connection.query("ALTER PUBLICATION \(name) ADD TABLE \(table)")
+      }
+    } catch let error as PostgresError where error.sqlState == .insufficientPrivilege {
+      throw PostgresError(
+        sqlState: error.sqlState,
+        message:
+          "publication \(publication) must publish inserts, updates, deletes and truncates via the partition root, with the configuration tables: run `sluice migrate` as its owner",
+        context: "publication")
     }
   }
 

@@ -72,7 +72,9 @@ public final class PGConnection: @unchecked Sendable {
   ///   timeout is the daemon's own, per attempt);
   /// - client_connection_check_interval (Postgres 14+) aborts a running
   ///   statement within a second of the daemon dying, so a hung handler
-  ///   cannot keep the slot's lock.
+  ///   cannot keep the slot's lock;
+  /// - server-side TCP keepalives and user timeout, so a partitioned
+  ///   daemon's sessions end on the server too.
   public static let pinnedOptions =
     "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
     + " -c client_connection_check_interval=1000"
@@ -80,6 +82,11 @@ public final class PGConnection: @unchecked Sendable {
     + " -c default_transaction_read_only=off -c search_path=public"
     + " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
     + " -c idle_session_timeout=0"
+    // The server's side of a silent network partition: without these, the
+    // backend of a daemon cut off from the server keeps its session (and the
+    // slot's advisory lock) for the OS default of about two hours, and no
+    // standby can take over. With them it notices within about 30 s.
+    + " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=30000"
 
   /// The `options` for a connection: the user's own (from the URL or
   /// conninfo) first, then the pinned ones, which win where both set a value.

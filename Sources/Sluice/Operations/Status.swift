@@ -102,6 +102,29 @@ extension Operations {
       dead: try deadEvents())
   }
 
+  /// Who, besides the tables' owner, superusers and the connected role, may
+  /// write a configuration table (`PUBLIC` counts): the rules, roles,
+  /// sources, handlers and endpoints are the whole security boundary.
+  static func configurationWriters(_ connection: PGConnection) throws -> [(
+    table: String, role: String, privileges: String
+  )] {
+    try connection.query(
+      """
+      SELECT n.nspname || '.' || c.relname, coalesce(r.rolname, 'PUBLIC'),
+             string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+      LEFT JOIN pg_roles r ON r.oid = a.grantee
+      WHERE n.nspname = 'sluice' AND c.relname IN ('sources', 'permission_rules', 'actor_roles', 'handlers', 'endpoints')
+        AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+        AND a.grantee <> c.relowner
+        AND (a.grantee = 0 OR NOT (r.rolsuper OR r.rolname = current_user))
+      GROUP BY 1, 2 ORDER BY 1, 2
+      """
+    ).rows.map { ($0[0] ?? "?", $0[1] ?? "?", $0[2] ?? "?") }
+  }
+
   /// One finding of `sluice check`.
   public struct Finding: Sendable {
     public var ok: Bool
@@ -144,7 +167,7 @@ extension Operations {
     }
     probe(
       "replication connection accepted (IDENTIFY_SYSTEM)",
-      "allow it in pg_hba.conf: host replication <role> <address> scram-sha-256 (or `all` databases for replication=database)"
+      "allow it in pg_hba.conf: a logical replication connection is matched by its database name, not by the `replication` keyword (which is for physical replication only): host <database> <role> <address> scram-sha-256"
     ) {
       let stream = try ReplicationConnection(conninfo: configuration.databaseURL, applicationName: "sluice-check")
       defer { stream.close() }
@@ -152,6 +175,24 @@ extension Operations {
       return true
     }
     probe("schema is migrated", "run `sluice migrate`") { try Migrator.pending(connection).isEmpty }
+    do {
+      let writers = try Self.configurationWriters(connection)
+      if writers.isEmpty {
+        findings.append(Finding(ok: true, what: "only the owner, superusers and this role can change the rules"))
+      }
+      for writer in writers {
+        findings.append(
+          Finding(
+            ok: false,
+            what: "\(writer.role) can \(writer.privileges) on \(writer.table): it can grant itself anything",
+            fix:
+              "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON \(writer.table) FROM \(writer.role == "PUBLIC" ? "PUBLIC" : PGConnection.quoteIdentifier(writer.role)); never expose the configuration tables to a sync layer's write path"
+          ))
+      }
+    } catch {
+      findings.append(
+        Finding(ok: false, what: "read the configuration tables' privileges: \(error)", fix: "run `sluice migrate`"))
+    }
     probe("publication \(configuration.publication) exists", "run `sluice migrate` (or `sluice run`, which creates it)")
     {
       try !connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [configuration.publication]).rows.isEmpty

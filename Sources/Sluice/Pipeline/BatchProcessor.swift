@@ -37,6 +37,8 @@ public final class BatchProcessor {
   var uncountedCrash = false
   /// Called whenever work progresses (retries included), to feed the watchdog.
   var heartbeat: () -> Void = {}
+  /// A batch registered a new source: the daemon runs its backfill next (and resets this).
+  var registeredSources = false
   /// Set to abandon a batch during a retry's backoff (shutdown).
   var stop: StopSignal?
 
@@ -67,7 +69,11 @@ public final class BatchProcessor {
     let plan = planner.plan(items)
     ignoredChanges += plan.ignored
     guard !plan.isEmpty else { return nil }
-    try apply(plan, tail: plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) })
+    try apply(
+      plan,
+      tail: plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) }
+        + plan.registeredSources.map { Ledger.pendingBackfill($0.relation, xid: $0.xid, slot: slot) })
+    registeredSources = registeredSources || !plan.registeredSources.isEmpty
     return plan.completed
   }
 

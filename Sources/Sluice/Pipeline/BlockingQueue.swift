@@ -26,13 +26,18 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
     return items.count - head
   }
 
-  /// Adds an item, waiting while full. Returns false if the queue was closed.
-  func put(_ item: Element) -> Bool {
+  /// Adds an item, waiting while full; every second of waiting calls
+  /// `waiting` (outside the lock). Returns false if the queue was closed.
+  func put(_ item: Element, waiting: () throws -> Void = {}) rethrows -> Bool {
     condition.lock()
     defer { condition.unlock() }
     let size = cost(item)
     while (items.count - head >= capacity || (bytes > 0 && bytes + size > byteCapacity)) && !closed {
-      condition.wait()
+      if !condition.wait(until: Date().addingTimeInterval(1)) {
+        condition.unlock()
+        defer { condition.lock() }
+        try waiting()
+      }
     }
     guard !closed else { return false }
     items.append(item)

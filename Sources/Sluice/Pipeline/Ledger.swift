@@ -111,6 +111,16 @@ enum Ledger {
         """, parameters: [slot, completed?.description, highWater?.description, mirrorLSN?.description])
   }
 
+  /// A source registered by a committed transaction: backfilled once, after the batch commits.
+  static func pendingBackfill(_ relation: String, xid: UInt32?, slot: String) -> Statement {
+    Statement(
+      sql: """
+        INSERT INTO sluice.pending_backfills (slot, relation, before_xid) VALUES ($1, $2, $3::xid)
+        ON CONFLICT (slot, relation) DO UPDATE SET before_xid = EXCLUDED.before_xid
+        """,
+      parameters: [slot, relation, xid.map(String.init)])
+  }
+
   static func mirror(_ change: Policy.Change, slot: String) -> Statement {
     switch change {
     case .upsert(let table, let key, let row):

@@ -18,6 +18,11 @@ final class SharedAckTracker: Sendable {
 /// The reading stage: one thread that owns the replication connection,
 /// decodes pgoutput into `StreamItem`s and answers the server. It keeps
 /// reading while the processor commits, up to the queue's capacity.
+/// pgoutput sent in-progress transaction messages that Sluice never requested.
+struct StreamingNotRequested: Error, CustomStringConvertible {
+  var description: String { "the server streamed an in-progress transaction, which Sluice never requests" }
+}
+
 final class StreamReader: @unchecked Sendable {
   let stream: ReplicationConnection
   let queue: BlockingQueue<StreamItem>
@@ -86,53 +91,64 @@ final class StreamReader: @unchecked Sendable {
       relations.apply(type)
     case .begin(let begin):
       ack.update { $0.began() }
-      return queue.put(.begin(xid: begin.xid, commitLSN: begin.finalLSN, commitTime: begin.commitTime))
+      return try put(.begin(xid: begin.xid, commitLSN: begin.finalLSN, commitTime: begin.commitTime))
     case .commit(let commit):
       // Registered before the processor can see it, so its durable() finds it.
       ack.update { $0.committed(end: commit.endLSN) }
-      return queue.put(.commit(endLSN: commit.endLSN, commitLSN: commit.commitLSN, commitTime: commit.commitTime))
+      return try put(.commit(endLSN: commit.endLSN, commitLSN: commit.commitLSN, commitTime: commit.commitTime))
     case .insert(let insert):
       let relation = try Self.relation(insert.relationID, relations)
       let row = Row(try relations.decode(insert.new, of: relation))
       if let table = Policy.Table(relation: relation.qualifiedName) {
-        return queue.put(.configChange(.upsert(table, key: row.text(table.keyColumn) ?? "", row: Self.texts(row))))
+        return try put(.configChange(.upsert(table, key: row.text(table.keyColumn) ?? "", row: Self.texts(row))))
       }
-      return queue.put(.insert(relation: relation.qualifiedName, row: row, lsn: lsn))
+      return try put(.insert(relation: relation.qualifiedName, row: row, lsn: lsn))
     case .update(let update):
       let relation = try Self.relation(update.relationID, relations)
       guard let table = Policy.Table(relation: relation.qualifiedName) else {
-        return queue.put(.ignored(relation: relation.qualifiedName, kind: "update"))
+        return try put(.ignored(relation: relation.qualifiedName, kind: "update"))
       }
       let row = Row(try relations.decode(update.new, of: relation))
       let key = row.text(table.keyColumn) ?? ""
       if let old = update.oldKey ?? update.old,
         let oldKey = Row(try relations.decode(old, of: relation)).text(table.keyColumn), oldKey != key
       {
-        guard queue.put(.configChange(.delete(table, key: oldKey))) else { return false }
+        guard try put(.configChange(.delete(table, key: oldKey))) else { return false }
       }
-      return queue.put(.configChange(.upsert(table, key: key, row: Self.texts(row))))
+      return try put(.configChange(.upsert(table, key: key, row: Self.texts(row))))
     case .delete(let delete):
       let relation = try Self.relation(delete.relationID, relations)
       guard let table = Policy.Table(relation: relation.qualifiedName) else {
-        return queue.put(.ignored(relation: relation.qualifiedName, kind: "delete"))
+        return try put(.ignored(relation: relation.qualifiedName, kind: "delete"))
       }
       guard let old = delete.oldKey ?? delete.old,
         let key = Row(try relations.decode(old, of: relation)).text(table.keyColumn)
       else { return true }
-      return queue.put(.configChange(.delete(table, key: key)))
+      return try put(.configChange(.delete(table, key: key)))
     case .truncate(let truncate):
       for id in truncate.relationIDs {
         let name = try Self.relation(id, relations).qualifiedName
         let item: StreamItem =
           Policy.Table(relation: name).map { .configChange(.truncate($0)) }
           ?? .ignored(relation: name, kind: "truncate")
-        guard queue.put(item) else { return false }
+        guard try put(item) else { return false }
       }
-    case .origin, .message, .streamStart, .streamStop, .streamCommit, .streamAbort:
-      // Not requested (no streaming, no messages): nothing to do.
+    case .origin, .message:
+      // Origins and logical messages carry no rows; messages are not requested.
       break
+    case .streamStart, .streamStop, .streamCommit, .streamAbort:
+      // Sluice never asks for streaming of in-progress transactions; if they
+      // came anyway, applying their rows could apply changes later aborted.
+      throw StreamingNotRequested()
     }
     return true
+  }
+
+  /// Queues an item; while the handling stage is busy (a long batch, a
+  /// backfill, retries), keeps sending status updates: the walsender times
+  /// out a client it has not heard from in `wal_sender_timeout`.
+  private func put(_ item: StreamItem) throws -> Bool {
+    try queue.put(item) { try sendStatus() }
   }
 
   private static func relation(_ id: UInt32, _ relations: RelationCache) throws -> Relation {

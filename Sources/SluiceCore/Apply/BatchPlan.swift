@@ -140,11 +140,17 @@ public struct BatchPlan: Sendable {
   public var mirrorChanges: [Policy.Change] = []
   /// End LSN of the last source transaction the batch completes.
   public var completed: LSN?
+  /// Tables registered as sources by the transactions this batch completes
+  /// (they were not sources before), with the registering transaction's
+  /// xid: their rows from older transactions need a backfill.
+  public var registeredSources: [(relation: String, xid: UInt32?)] = []
   /// Updates, deletes and truncates of sources, and inserts into tables that are not sources.
   public var ignored = 0
 
   /// Whether anything must be written.
-  public var isEmpty: Bool { candidates.isEmpty && mirrorChanges.isEmpty && completed == nil }
+  public var isEmpty: Bool {
+    candidates.isEmpty && mirrorChanges.isEmpty && completed == nil && registeredSources.isEmpty
+  }
 
   /// Events that may be replays and must be looked up in the ledger: all of
   /// them, or (with the ledger's high water) only those of transactions at or before it.
@@ -229,6 +235,7 @@ public struct StreamPlanner: Sendable {
   private var open: OpenTransaction?
   /// Configuration changes of the open transaction, written to the mirror with its commit.
   private var pendingMirror: [Policy.Change] = []
+  private var pendingRegistrations: [(relation: String, xid: UInt32?)] = []
 
   public init(policy: Policy, catalog: HandlerCatalog, mirrorPosition: LSN? = nil) {
     self.policy = policy
@@ -244,13 +251,19 @@ public struct StreamPlanner: Sendable {
         let inMirror = mirrorPosition.map { commitLSN < $0 } ?? false
         open = OpenTransaction(xid: xid, commitLSN: commitLSN, commitTime: commitTime, inMirror: inMirror)
         pendingMirror.removeAll()
+        pendingRegistrations.removeAll()
       case .commit(let endLSN, _, _):
         plan.mirrorChanges += pendingMirror
+        plan.registeredSources += pendingRegistrations
         pendingMirror.removeAll()
+        pendingRegistrations.removeAll()
         open = nil
         plan.completed = endLSN
       case .configChange(let change):
         guard open?.inMirror != true else { continue }
+        if case .upsert(.sources, let relation, _) = change, policy.source(relation) == nil {
+          pendingRegistrations.append((relation, open?.xid))
+        }
         policy.apply(change)
         pendingMirror.append(change)
       case .ignored:
