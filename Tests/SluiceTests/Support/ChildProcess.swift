@@ -8,7 +8,10 @@ final class ChildProcess: @unchecked Sendable {
   private let err = OutputBuffer()
 
   init(_ executable: String, _ arguments: [String], environment: [String: String]) throws {
-    process.executableURL = TestCluster.binDirectory.appendingPathComponent(executable)
+    // A name is one of the built binaries; an absolute path is any program (e.g. `ip netns exec`).
+    process.executableURL =
+      executable.hasPrefix("/")
+      ? URL(fileURLWithPath: executable) : TestCluster.binDirectory.appendingPathComponent(executable)
     process.arguments = arguments
     var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
     env.merge(environment) { $1 }
