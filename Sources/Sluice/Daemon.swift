@@ -334,7 +334,7 @@ public final class Daemon: @unchecked Sendable {
     let batchSize = configuration.batchSize
     let fillTimeout = Double(configuration.batchTimeoutMilliseconds) / 1000
     while !stop.isSet {
-      var items = queue.take(upTo: batchSize, bytes: Self.queueBytes, timeout: 0.1)
+      var (items, bytes) = queue.take(upTo: batchSize, bytes: Self.queueBytes, timeout: 0.1)
       try checkLag(processor.connection)
       if items.isEmpty {
         if queue.closed { return }
@@ -343,14 +343,13 @@ public final class Daemon: @unchecked Sendable {
       }
       // Mid-transaction, wait briefly for the rest rather than commit a sliver.
       let deadline = Date().addingTimeInterval(fillTimeout)
-      var bytes = items.reduce(0) { $0 + $1.estimatedBytes }
       while items.count < batchSize, bytes < Self.queueBytes, !Self.endsAtCommit(items), Date() < deadline,
         !queue.closed
       {
         let more = queue.take(
           upTo: batchSize - items.count, bytes: Self.queueBytes - bytes, timeout: max(0, deadline.timeIntervalSinceNow))
-        bytes += more.reduce(0) { $0 + $1.estimatedBytes }
-        items += more
+        bytes += more.bytes
+        items += more.items
       }
       let started = ContinuousClock.now
       do {

@@ -26,8 +26,10 @@ public final class BatchProcessor {
   var metrics: Metrics?
   /// Try each range in one libpq pipeline first (the fast path).
   var pipelining = true
-  /// The highest commit LSN in the ledger (`sluice.stream_state`): events of
-  /// later transactions cannot be replays and are not looked up.
+  /// The highest commit LSN of this slot's events in the ledger when the
+  /// session started (`sluice.stream_state`): events of later transactions
+  /// cannot be replays and are not looked up. Not advanced during the
+  /// session: the stream does not repeat itself within one.
   var ledgerHighWater: LSN?
   /// How many of the next events run alone: after the daemon or its session
   /// died mid-batch, the event that did it is among them (the batch sizes
@@ -88,24 +90,24 @@ public final class BatchProcessor {
     let started = ContinuousClock.now
     var committed: [LedgerEntry] = []
     defer { record(committed, since: started) }
-    var highWater = ledgerHighWater
+    var window: BatchPlan.ReplayWindow = ledgerHighWater.map { .through($0) } ?? .none
     for _ in 0..<3 {
       do {
-        try execute(plan, tail: tail, skipPast: highWater, into: &committed)
+        try execute(plan, tail: tail, window: window, into: &committed)
         return
       } catch is LedgerConflict {
         // Someone else (`sluice backfill`) wrote some of these events: look every one up.
         logger.debug("ledger rows written concurrently; looking the batch up again")
-        highWater = nil
+        window = .all
       }
     }
     throw LedgerConflict(description: "ledger rows kept appearing under the batch; starting over")
   }
 
   private func execute(
-    _ plan: BatchPlan, tail: [Statement], skipPast highWater: LSN?, into committed: inout [LedgerEntry]
+    _ plan: BatchPlan, tail: [Statement], window: BatchPlan.ReplayWindow, into committed: inout [LedgerEntry]
   ) throws {
-    let seen = try Ledger.seen(plan.replaySuspects(ledgerHighWater: highWater), on: connection)
+    let seen = try Ledger.seen(plan.replaySuspects(window), on: connection)
     let owners = try Ledger.owners(plan.ownerSuspects(seen: seen), on: connection)
     let units = plan.units(seen: seen, owners: owners)
     let isolated = min(isolateNext, units.count)
@@ -154,7 +156,6 @@ public final class BatchProcessor {
       try transaction(
         tail + [Ledger.state(slot: slot, completed: plan.completed, highWater: nil, mirrorLSN: plan.completed)])
     }
-    if let highWater = Self.highWater(committed) { ledgerHighWater = max(ledgerHighWater ?? highWater, highWater) }
   }
 
   private static func highWater(_ entries: [LedgerEntry]) -> LSN? {

@@ -6,6 +6,8 @@ import Foundation
 /// still passes, alone.
 final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
   private var items: [Element] = []
+  /// The cost of each item, computed once, when it is put.
+  private var costs: [Int] = []
   private var head = 0
   private let capacity: Int
   private let byteCapacity: Int
@@ -41,14 +43,15 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
     }
     guard !closed else { return false }
     items.append(item)
+    costs.append(size)
     bytes += size
     condition.broadcast()
     return true
   }
 
   /// Takes up to `limit` items and about `bytes` bytes (at least one item
-  /// if any), waiting up to `timeout` seconds for the first.
-  func take(upTo limit: Int, bytes budget: Int = .max, timeout: Double) -> [Element] {
+  /// if any), waiting up to `timeout` seconds for the first. Returns them and their cost.
+  func take(upTo limit: Int, bytes budget: Int = .max, timeout: Double) -> (items: [Element], bytes: Int) {
     condition.lock()
     defer { condition.unlock() }
     let deadline = Date().addingTimeInterval(timeout)
@@ -58,7 +61,7 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
     var end = head
     var taken = 0
     while end < items.count, end - head < limit {
-      let size = cost(items[end])
+      let size = costs[end]
       if end > head && taken + size > budget { break }
       taken += size
       end += 1
@@ -68,10 +71,11 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
     head = end
     if head > 4096 || head == items.count {
       items.removeFirst(head)
+      costs.removeFirst(head)
       head = 0
     }
     condition.broadcast()
-    return result
+    return (result, taken)
   }
 
   /// Wakes every waiter; later puts fail, takes return what is left.

@@ -152,12 +152,28 @@ public struct BatchPlan: Sendable {
     candidates.isEmpty && mirrorChanges.isEmpty && completed == nil && registeredSources.isEmpty
   }
 
-  /// Events that may be replays and must be looked up in the ledger: all of
-  /// them, or (with the ledger's high water) only those of transactions at or before it.
-  public func replaySuspects(ledgerHighWater: LSN?) -> [Event] {
+  /// Which streamed events may already be in the ledger.
+  public enum ReplayWindow: Sendable, Equatable {
+    /// Any of them (after a ledger row appeared under the batch).
+    case all
+    /// Those of transactions that committed at or before the ledger's high
+    /// water as the session found it: later ones cannot have a ledger row,
+    /// since within a session the stream never repeats itself.
+    case through(LSN)
+    /// None: the slot has never committed a streamed event (a new slot).
+    case none
+  }
+
+  /// Events that may be replays and must be looked up in the ledger. Rows
+  /// read outside the stream (no commit LSN) always are.
+  public func replaySuspects(_ window: ReplayWindow) -> [Event] {
     candidates.lazy.map(\.event).filter { event in
-      guard let highWater = ledgerHighWater, let commit = event.commitLSN else { return true }
-      return commit <= highWater
+      guard let commit = event.commitLSN else { return true }
+      switch window {
+      case .all: return true
+      case .through(let highWater): return commit <= highWater
+      case .none: return false
+      }
     }
   }
 

@@ -45,8 +45,8 @@ public struct Policy: Sendable, Equatable {
   public private(set) var grants: [Bytewise: Grant] = [:]
   /// actor → grant ids, so evaluation does not scan every grant.
   private var grantsByActor: [Bytewise: Set<Bytewise>] = [:]
-  /// event type → how many rules name it exactly ('*' included).
-  private var rulesByType: [Bytewise: Int] = [:]
+  /// event type ('*' included) → rule id → role: what `evaluate` needs, without scanning every rule.
+  private var rulesByType: [Bytewise: [Bytewise: Bytewise]] = [:]
   /// event type → SQL function (`sluice.handlers`).
   public private(set) var handlers: [Bytewise: String] = [:]
 
@@ -94,7 +94,7 @@ public struct Policy: Sendable, Equatable {
       case .permissionRules:
         guard let type = text("event_type"), let role = text("role") else { return }
         rules[key] = Rule(eventType: type, role: role)
-        rulesByType[Bytewise(type), default: 0] += 1
+        rulesByType[Bytewise(type), default: [:]][key] = Bytewise(role)
       case .actorRoles:
         guard let actor = text("actor"), let role = text("role") else { return }
         grants[key] = Grant(actor: actor, role: role, scope: text("scope"))
@@ -112,8 +112,8 @@ public struct Policy: Sendable, Equatable {
     case .permissionRules:
       if let old = rules.removeValue(forKey: key) {
         let type = Bytewise(old.eventType)
-        rulesByType[type, default: 1] -= 1
-        if rulesByType[type] == 0 { rulesByType[type] = nil }
+        rulesByType[type]?[key] = nil
+        if rulesByType[type]?.isEmpty == true { rulesByType[type] = nil }
       }
     case .actorRoles:
       if let old = grants.removeValue(forKey: key) {
@@ -132,20 +132,26 @@ public struct Policy: Sendable, Equatable {
     guard let actor, !actor.isEmpty else {
       return .deny("event type '\(type)' denied: the actor is empty")
     }
-    let roles = Set(
-      rules.values.lazy.filter { $0.eventType.bytewiseEquals(type) || $0.eventType == "*" }.map { Bytewise($0.role) })
-    if roles.isEmpty {
+    let exact = rulesByType[Bytewise(type)]
+    let wildcard = type == "*" ? nil : rulesByType[Bytewise("*")]
+    if exact == nil && wildcard == nil {
       return .deny("event type '\(type)' denied for actor '\(actor)': no permission rule allows this type")
     }
-    if roles.contains(Bytewise("anyone")) { return .allow }
+    func allows(_ role: Bytewise) -> Bool {
+      exact?.values.contains(role) == true || wildcard?.values.contains(role) == true
+    }
+    if allows(Self.anyone) { return .allow }
     for id in grantsByActor[Bytewise(actor)] ?? [] {
-      guard let grant = grants[id], roles.contains(Bytewise(grant.role)) else { continue }
+      guard let grant = grants[id], allows(Bytewise(grant.role)) else { continue }
       if grant.scope == nil || grant.scope.bytewiseEquals(scope) { return .allow }
     }
-    let needed = roles.map(\.text).sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }.joined(separator: ", ")
+    let roles = Set((exact?.values.map(\.text) ?? []) + (wildcard?.values.map(\.text) ?? []))
+    let needed = roles.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }.joined(separator: ", ")
     let scoped = scope.map { " in scope '\($0)'" } ?? ""
     return .deny("event type '\(type)' denied for actor '\(actor)': needs role \(needed)\(scoped)")
   }
+
+  private static let anyone = Bytewise("anyone")
 
   public func evaluate(_ event: Event) -> Verdict {
     evaluate(type: event.type, actor: event.actor, scope: event.scope)
