@@ -289,6 +289,11 @@ import Testing
     #expect(process.waitForExit() == 1)
     #expect(process.standardOutput.contains("FAIL  role may replicate"))
     #expect(process.standardOutput.contains("fix: ALTER ROLE"))
+    // The replication connection is refused too; the pg_hba advice is for a
+    // logical walsender, matched by its database, not the `replication` keyword.
+    #expect(process.standardOutput.contains("FAIL  replication connection accepted"))
+    #expect(process.standardOutput.contains("matched by its database name"))
+    #expect(!process.standardOutput.contains("host replication"))
     let unreachable = try ChildProcess(
       "sluice", ["check"], environment: ["SLUICE_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"])
     #expect(unreachable.waitForExit() == 1)

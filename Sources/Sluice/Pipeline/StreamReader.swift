@@ -16,13 +16,9 @@ final class SharedAckTracker: Sendable {
 }
 
 /// The reading stage: one thread that owns the replication connection,
-/// decodes pgoutput into `StreamItem`s and answers the server. It keeps
+/// decodes pgoutput, turns it into `StreamItem`s (`TransactionAssembler`)
+/// and answers the server. It keeps
 /// reading while the processor commits, up to the queue's capacity.
-/// pgoutput sent in-progress transaction messages that Sluice never requested.
-struct StreamingNotRequested: Error, CustomStringConvertible {
-  var description: String { "the server streamed an in-progress transaction, which Sluice never requests" }
-}
-
 final class StreamReader: @unchecked Sendable {
   let stream: ReplicationConnection
   let queue: BlockingQueue<StreamItem>
@@ -61,14 +57,14 @@ final class StreamReader: @unchecked Sendable {
 
   private func run() {
     var decoder = PgOutputDecoder()
-    var relations = RelationCache()
+    var assembler = TransactionAssembler()
     do {
       while !halt.isSet {
         if let message = try stream.read(timeoutMilliseconds: 100) {
           switch message {
           case .xLogData(let data):
             let change = try decoder.decode(data)
-            guard try handle(change, at: data.walStart, &relations) else { return }
+            guard try assembler.assemble(change, at: data.walStart, emit: forward) else { return }
           case .keepalive(let keepalive):
             ack.update { $0.keepalive(walEnd: keepalive.walEnd) }
             if keepalive.replyRequested { try sendStatus() }
@@ -82,66 +78,15 @@ final class StreamReader: @unchecked Sendable {
     queue.close()
   }
 
-  /// Returns false when the queue was closed (shutting down).
-  private func handle(_ change: PgOutputMessage, at lsn: LSN, _ relations: inout RelationCache) throws -> Bool {
-    switch change {
-    case .relation(let relation):
-      relations.apply(relation)
-    case .type(let type):
-      relations.apply(type)
-    case .begin(let begin):
-      ack.update { $0.began() }
-      return try put(.begin(xid: begin.xid, commitLSN: begin.finalLSN, commitTime: begin.commitTime))
-    case .commit(let commit):
-      // Registered before the processor can see it, so its durable() finds it.
-      ack.update { $0.committed(end: commit.endLSN) }
-      return try put(.commit(endLSN: commit.endLSN, commitLSN: commit.commitLSN, commitTime: commit.commitTime))
-    case .insert(let insert):
-      let relation = try Self.relation(insert.relationID, relations)
-      let row = Row(try relations.decode(insert.new, of: relation))
-      if let table = Policy.Table(relation: relation.qualifiedName) {
-        return try put(.configChange(.upsert(table, key: row.text(table.keyColumn) ?? "", row: Self.texts(row))))
-      }
-      return try put(.insert(relation: relation.qualifiedName, row: row, lsn: lsn))
-    case .update(let update):
-      let relation = try Self.relation(update.relationID, relations)
-      guard let table = Policy.Table(relation: relation.qualifiedName) else {
-        return try put(.ignored(relation: relation.qualifiedName, kind: "update"))
-      }
-      let row = Row(try relations.decode(update.new, of: relation))
-      let key = row.text(table.keyColumn) ?? ""
-      if let old = update.oldKey ?? update.old,
-        let oldKey = Row(try relations.decode(old, of: relation)).text(table.keyColumn), oldKey != key
-      {
-        guard try put(.configChange(.delete(table, key: oldKey))) else { return false }
-      }
-      return try put(.configChange(.upsert(table, key: key, row: Self.texts(row))))
-    case .delete(let delete):
-      let relation = try Self.relation(delete.relationID, relations)
-      guard let table = Policy.Table(relation: relation.qualifiedName) else {
-        return try put(.ignored(relation: relation.qualifiedName, kind: "delete"))
-      }
-      guard let old = delete.oldKey ?? delete.old,
-        let key = Row(try relations.decode(old, of: relation)).text(table.keyColumn)
-      else { return true }
-      return try put(.configChange(.delete(table, key: key)))
-    case .truncate(let truncate):
-      for id in truncate.relationIDs {
-        let name = try Self.relation(id, relations).qualifiedName
-        let item: StreamItem =
-          Policy.Table(relation: name).map { .configChange(.truncate($0)) }
-          ?? .ignored(relation: name, kind: "truncate")
-        guard try put(item) else { return false }
-      }
-    case .origin, .message:
-      // Origins and logical messages carry no rows; messages are not requested.
-      break
-    case .streamStart, .streamStop, .streamCommit, .streamAbort:
-      // Sluice never asks for streaming of in-progress transactions; if they
-      // came anyway, applying their rows could apply changes later aborted.
-      throw StreamingNotRequested()
+  /// Hands an item to the handling stage; begins and commits are registered
+  /// with the ack tracker first, so the processor's `durable` finds them.
+  private func forward(_ item: StreamItem) throws -> Bool {
+    switch item {
+    case .begin: ack.update { $0.began() }
+    case .commit(let end, _, _): ack.update { $0.committed(end: end) }
+    default: break
     }
-    return true
+    return try put(item)
   }
 
   /// Queues an item; while the handling stage is busy (a long batch, a
@@ -149,19 +94,6 @@ final class StreamReader: @unchecked Sendable {
   /// out a client it has not heard from in `wal_sender_timeout`.
   private func put(_ item: StreamItem) throws -> Bool {
     try queue.put(item) { try sendStatus() }
-  }
-
-  private static func relation(_ id: UInt32, _ relations: RelationCache) throws -> Relation {
-    guard let relation = relations[id] else {
-      throw RowDecodeError(relation: "relid:\(id)", reason: "change for a relation with no Relation message")
-    }
-    return relation
-  }
-
-  private static func texts(_ row: Row) -> [String: String?] {
-    var result: [String: String?] = [:]
-    for (name, value) in row.columns { result[name] = value.textValue }
-    return result
   }
 
   private func sendStatusIfDue() throws {
