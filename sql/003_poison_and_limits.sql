@@ -61,10 +61,10 @@ ALTER TABLE sluice.policy_mirror ADD PRIMARY KEY (slot, table_name, key);
 
 -- SPEC 8, registering a busy table: a source registered while the daemon
 -- streams has rows older than its registration. Each such registration is
--- recorded with the batch that sees it, and its rows written by
--- transactions older than the registering one (before_xid) are backfilled
--- once. Rows of the registering transaction and later ones are the
--- stream's: events or not, as their place in the WAL says.
+-- recorded with the batch that sees it and backfilled once: in a snapshot,
+-- once the stream has been applied past that snapshot's WAL position, the
+-- rows the ledger lacks, except those of the registering transaction
+-- (before_xid), whose rows are the stream's.
 CREATE TABLE sluice.pending_backfills (
   slot text NOT NULL,
   relation text NOT NULL,

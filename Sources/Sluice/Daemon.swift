@@ -122,6 +122,10 @@ public final class Daemon: @unchecked Sendable {
       throw StartupError("the database lacks migrations \(pending.joined(separator: ", ")): run `sluice migrate`")
     }
     try Migrator.ensurePublication(sql, configuration.publication)
+    if try sql.query("SHOW server_encoding").scalar == "SQL_ASCII" {
+      // Text there is bytes in no known encoding: identities could not be compared as Postgres does.
+      throw StartupError("the database's encoding is SQL_ASCII: Sluice needs a database with a real encoding (UTF8)")
+    }
     guard try waitForLock(sql) else { return }
 
     let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice")
@@ -205,7 +209,7 @@ public final class Daemon: @unchecked Sendable {
       throw SlotLost(description: "\(error)")
     }
     warnAboutConfigurationWriters(sql)
-    try runPendingBackfills(processor, sql)
+    processor.registeredSources = true  // the loop runs any backfill a previous session left pending
     let reader = StreamReader(stream: stream, queue: queue, ack: ack, logger: logger)
     reader.start()
     logger.info(
@@ -215,6 +219,10 @@ public final class Daemon: @unchecked Sendable {
     health.touch()
     notifier.notify("READY=1\nSTATUS=streaming slot \(slot) from \(start)")
 
+    defer {
+      waitingBackfill?.reader.close()
+      waitingBackfill = nil
+    }
     do {
       try handleLoop(queue, reader, processor, ack)
     } catch {
@@ -240,29 +248,62 @@ public final class Daemon: @unchecked Sendable {
     }
   }
 
-  /// Sources registered while the daemon ran have rows that predate their
-  /// registration: each is backfilled once, between batches (SPEC 8,
-  /// "Registering a busy table"; README).
-  private func runPendingBackfills(_ processor: BatchProcessor, _ sql: PGConnection) throws {
-    let pending = try sql.query(
-      "SELECT relation, before_xid::text FROM sluice.pending_backfills WHERE slot = $1 ORDER BY registered_at, relation",
-      [configuration.slot]
-    ).rows
-    for row in pending {
-      guard let relation = row[0] else { continue }
-      if let source = processor.policy.source(relation) {
-        let reader = try PGConnection(conninfo: configuration.databaseURL, applicationName: "sluice-backfill")
-        defer { reader.close() }
-        try reader.simpleQuery("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        let rows = try Backfill.run(
-          source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop,
-          beforeXID: row[1])
-        try reader.simpleQuery("COMMIT")
+  /// A backfill of a source registered while streaming, waiting for the
+  /// stream to pass the WAL position of its snapshot.
+  private struct RegistrationBackfill {
+    var relation: String
+    /// The registering transaction: its own rows are the stream's.
+    var xid: String?
+    var reader: PGConnection
+    var snapshotLSN: LSN
+  }
+  private var waitingBackfill: RegistrationBackfill?
+
+  /// Sources registered while the daemon streams have rows older than their
+  /// registration, which the stream never shows as events. Each is
+  /// backfilled once (SPEC 8; README "A source registered while the daemon
+  /// streams"): a snapshot is taken, and once the stream has been applied
+  /// past the WAL position of that snapshot, every row committed before it
+  /// that the ledger lacks, except the registering transaction's own, is a
+  /// row no event covered. Steps forward each time the loop goes round.
+  private func advanceBackfills(_ processor: BatchProcessor, _ ack: SharedAckTracker) throws {
+    if let waiting = waitingBackfill {
+      guard ack.confirmed >= waiting.snapshotLSN || stop.isSet else { return }
+      waitingBackfill = nil
+      defer { waiting.reader.close() }
+      guard !stop.isSet else { return }
+      var rows = 0
+      if let source = processor.policy.source(waiting.relation) {
+        rows = try Backfill.run(
+          source: source, reader: waiting.reader, processor: processor, batchSize: configuration.batchSize,
+          stop: stop, excludingXID: waiting.xid)
         if stop.isSet { return }
-        logger.info("backfilled a newly registered source", metadata: ["relation": "\(relation)", "rows": "\(rows)"])
       }
-      try sql.query(
-        "DELETE FROM sluice.pending_backfills WHERE slot = $1 AND relation = $2", [configuration.slot, relation])
+      try waiting.reader.simpleQuery("COMMIT")
+      try processor.connection.query(
+        "DELETE FROM sluice.pending_backfills WHERE slot = $1 AND relation = $2",
+        [configuration.slot, waiting.relation])
+      logger.info(
+        "backfilled a newly registered source", metadata: ["relation": "\(waiting.relation)", "rows": "\(rows)"])
+      processor.registeredSources = true  // look for the next one
+      return
+    }
+    guard processor.registeredSources else { return }
+    processor.registeredSources = false
+    guard
+      let row = try processor.connection.query(
+        "SELECT relation, before_xid::text FROM sluice.pending_backfills WHERE slot = $1 ORDER BY registered_at, relation LIMIT 1",
+        [configuration.slot]
+      ).rows.first, let relation = row[0]
+    else { return }
+    let reader = try PGConnection(conninfo: configuration.databaseURL, applicationName: "sluice-backfill")
+    do {
+      try reader.simpleQuery("BEGIN ISOLATION LEVEL REPEATABLE READ")
+      let lsn = try reader.query("SELECT pg_current_wal_lsn()::text").scalar.flatMap { LSN($0) } ?? .zero
+      waitingBackfill = RegistrationBackfill(relation: relation, xid: row[1], reader: reader, snapshotLSN: lsn)
+    } catch {
+      reader.close()
+      throw error
     }
   }
 
@@ -338,6 +379,7 @@ public final class Daemon: @unchecked Sendable {
       try checkLag(processor.connection)
       if items.isEmpty {
         if queue.closed { return }
+        try advanceBackfills(processor, ack)
         progressed(status(ack))
         continue
       }
@@ -356,10 +398,7 @@ public final class Daemon: @unchecked Sendable {
         if let end = try processor.process(items) {
           ack.update { $0.durable(through: end) }
         }
-        if processor.registeredSources {
-          processor.registeredSources = false
-          try runPendingBackfills(processor, processor.connection)
-        }
+        try advanceBackfills(processor, ack)
       } catch is ApplyInterrupted {
         return
       }

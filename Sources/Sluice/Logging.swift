@@ -32,7 +32,7 @@ public struct SluiceLogHandler: LogHandler {
       // Values may hold client-chosen text: control characters are escaped,
       // so a row cannot forge a log line.
       line = "\(level) \(Self.escaped("\(message)"))"
-      for key in keys { line += " \(key)=\(Self.escaped(merged[key].map { "\($0)" } ?? ""))" }
+      for key in keys { line += " \(key)=\(Self.fieldValue(merged[key].map { "\($0)" } ?? ""))" }
     case .json:
       var writer = JSONWriter()
       writer.raw("{\"ts\":")
@@ -73,8 +73,25 @@ public struct SluiceLogHandler: LogHandler {
     return out
   }
 
+  /// A field's value, escaped, and quoted when it holds a space, `=` or
+  /// a quote, so that a value cannot pass for further fields.
+  static func fieldValue(_ text: String) -> String {
+    let value = escaped(text)
+    guard value.contains(where: { $0 == " " || $0 == "=" || $0 == "\"" }) else { return value }
+    var quoted = "\""
+    for character in value {
+      if character == "\"" { quoted += "\\" }
+      quoted.append(character)
+    }
+    return quoted + "\""
+  }
+
+  /// C0, DEL, C1, the line and paragraph separators, and the bidirectional
+  /// controls (which reorder how a terminal shows the rest of the line).
   private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
-    scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+    let value = scalar.value
+    return value < 0x20 || (0x7F...0x9F).contains(value) || value == 0x2028 || value == 0x2029
+      || (0x202A...0x202E).contains(value) || (0x2066...0x2069).contains(value) || value == 0x200E || value == 0x200F
   }
 
   /// Installs the handler process-wide.

@@ -91,8 +91,10 @@ public final class PGConnection: @unchecked Sendable {
   /// The `options` for a connection: the user's own (from the URL or
   /// conninfo) first, then the pinned ones, which win where both set a value.
   public static func options(for conninfo: String) -> String {
-    guard let user = conninfoValue(conninfo, "options"), !user.isEmpty else { return pinnedOptions }
-    return user + " " + pinnedOptions
+    let user = conninfoValue(conninfo, "options") ?? getenv("PGOPTIONS").map { String(cString: $0) } ?? ""
+    guard !user.isEmpty else { return pinnedOptions }
+    // Two spaces: if the user's options end in a backslash, it escapes the first only.
+    return user + "  " + pinnedOptions
   }
 
   /// One keyword's value in a URI or `key=value` conninfo (PQconninfoParse), nil if unset or unparsable.
@@ -119,8 +121,10 @@ public final class PGConnection: @unchecked Sendable {
     // silent network cut is noticed within about half a minute, not never.
     var keys = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
     var values = ["1", "10", "5", "3", "30000"]
-    keys += ["dbname", "options", "fallback_application_name"]
-    values += [conninfo, Self.options(for: conninfo), applicationName]
+    // client_encoding after dbname, so that it wins over the URL's and PGCLIENTENCODING:
+    // text must arrive as UTF-8, or distinct identities could decode alike.
+    keys += ["dbname", "options", "fallback_application_name", "client_encoding"]
+    values += [conninfo, Self.options(for: conninfo), applicationName, "UTF8"]
     if replication {
       keys.append("replication")
       values.append("database")

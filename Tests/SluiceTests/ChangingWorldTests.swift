@@ -177,17 +177,28 @@ import Testing
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET idle_in_transaction_session_timeout = '100ms';
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET default_transaction_isolation = 'serializable';
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET search_path = 'nowhere';
+      ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET client_encoding = 'LATIN1';
       """)
+    // Found by review: decoded lossily, LATIN1 text made distinct actors look alike.
+    try XPFixture.grant(db, ["alic\u{00E9}"])
     let url = db.url + "?options=-c%20work_mem%3D7777kB"
     try createSlot(db, ["SLUICE_DATABASE_URL": url])
     try XPFixture.insert(
-      db, [("o1", "u", "observe", 1, nil), ("f1", "u", "flaky", 1, nil), ("o2", "u", "observe", 1, nil)])
+      db,
+      [
+        ("o1", "u", "observe", 1, nil), ("f1", "u", "flaky", 1, nil), ("o2", "u", "observe", 1, nil),
+        ("e1", "alic\u{00E8}", "award", 1, nil), ("e2", "alic\u{00E9}", "award", 2, nil),
+        ("e3", "\u{1F642}", "later", 1, nil),
+      ])
     let daemon = try startDaemon(db, ["SLUICE_DATABASE_URL": url, "SLUICE_MAX_ATTEMPTS": "3"])
-    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 3 })
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 6 })
     #expect(daemon.process.isRunning, "\(daemon.standardError)")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
-    #expect(try XPFixture.statuses(db) == ["o1": "applied", "f1": "dead", "o2": "applied"])
+    #expect(
+      try XPFixture.statuses(db) == [
+        "o1": "applied", "f1": "dead", "o2": "applied", "e1": "denied", "e2": "applied", "e3": "dead",
+      ])
     #expect(
       try db.sql("SELECT DISTINCT sync, isolation, work_mem, search_path FROM xp.seen").rows == [
         ["on", "read committed", "7777kB", "public"]
@@ -359,5 +370,91 @@ import Testing
     #expect(daemon.waitForExit() == 0)
     #expect(daemon.standardError.contains("a role other than the owner can change the rules"))
     #expect(daemon.standardError.contains("table=sluice.actor_roles"))
+    // Found by review: column privileges, inherited ones, and the daemon's own tables count too.
+    try db.sql(
+      """
+      REVOKE INSERT ON sluice.actor_roles FROM PUBLIC;
+      DROP ROLE IF EXISTS \(db.slot)_client; CREATE ROLE \(db.slot)_client LOGIN;
+      DROP ROLE IF EXISTS \(db.slot)_writer; CREATE ROLE \(db.slot)_writer LOGIN IN ROLE pg_write_all_data;
+      GRANT UPDATE (role) ON sluice.actor_roles TO \(db.slot)_client;
+      GRANT INSERT ON sluice.policy_mirror TO \(db.slot)_client;
+      """)
+    let (again, report, _) = try runCommand(db, ["check"])
+    #expect(again != 0)
+    #expect(report.contains("\(db.slot)_client can UPDATE on sluice.actor_roles"), "\(report)")
+    #expect(report.contains("\(db.slot)_client can INSERT on sluice.policy_mirror"), "\(report)")
+    #expect(report.contains("\(db.slot)_writer can DELETE, INSERT, UPDATE on sluice.sources"), "\(report)")
+    #expect(!report.contains("PUBLIC can"))
+    try db.sql("DROP OWNED BY \(db.slot)_client; DROP ROLE \(db.slot)_client; DROP ROLE \(db.slot)_writer")
+  }
+
+  /// Found by review: a transaction the mirror already holds, replayed after
+  /// a crash lost the slot's position, must not be judged again.
+  @Test func aTransactionReplayedAfterACrashIsNotJudgedAgain() throws {
+    let cluster = try PrivateCluster()
+    defer { cluster.stop() }
+    let admin = try PGConnection(conninfo: cluster.url)
+    try admin.query("CREATE DATABASE replayed")
+    admin.close()
+    let url = try TestCluster.databaseURL(cluster.url, "replayed")
+    var db = try TestDatabase(url: url)
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try createSlot(db)
+    try db.sql("DELETE FROM sluice.sources WHERE relation = 'xp.actions'")
+    var daemon = try startDaemon(db)
+    try db.sql("CHECKPOINT")  // the slot's position on disk: before what follows
+    try db.sql(
+      """
+      BEGIN;
+      INSERT INTO xp.actions (id, user_id, type, payload) VALUES ('x', 'ann', 'award', '{"xp": 1000}');
+      SELECT sluice.add_source('xp.actions', actor_column => 'user_id', event_type_column => 'type',
+                               dedupe_column => 'dedupe_key');
+      INSERT INTO xp.actions (id, user_id, type, payload) VALUES ('y', 'ann', 'award', '{"xp": 1}');
+      COMMIT;
+      """)
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 1 })
+    try cluster.crashAndRestart()
+    _ = daemon.waitForExit(seconds: 1)
+    db = try TestDatabase(url: url)
+    daemon = try startDaemon(db)
+    try XPFixture.insert(db, [("z", "ann", "award", 2, nil)])
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 2 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try XPFixture.statuses(db) == ["y": "applied", "z": "applied"])
+    #expect(try XPFixture.totals(db) == ["ann": 3])
+  }
+
+  /// Found by review: rows written concurrently with a source's
+  /// registration, committed before it (one in a subtransaction), are not
+  /// lost: the backfill waits for the stream to pass its snapshot.
+  @Test func rowsCommittedDuringARegistrationAreNotLost() throws {
+    let db = try TestDatabase("concurrentreg")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      "CREATE TABLE xp.late (id text PRIMARY KEY, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}')")
+    let daemon = try startDaemon(db)
+    let registering = try PGConnection(conninfo: db.url)
+    defer { registering.close() }
+    try registering.simpleQuery(
+      """
+      BEGIN;
+      INSERT INTO xp.late VALUES ('own', 'ann', 'award', '{"xp": 1000}');
+      SELECT sluice.add_source('xp.late', actor_column => 'user_id', event_type_column => 'type');
+      """)
+    try db.sql("INSERT INTO xp.late VALUES ('plain', 'ann', 'award', '{\"xp\": 1}')")
+    try db.sql(
+      """
+      BEGIN; SAVEPOINT s; INSERT INTO xp.late VALUES ('nested', 'ann', 'award', '{"xp": 2}'); RELEASE s; COMMIT;
+      """)
+    try registering.simpleQuery("COMMIT")
+    try db.sql("INSERT INTO xp.late VALUES ('after', 'ann', 'award', '{\"xp\": 4}')")
+    #expect(try eventually(60) { try XPFixture.ledgerCount(db) == 3 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try XPFixture.statuses(db) == ["plain": "applied", "nested": "applied", "after": "applied"])
+    #expect(try XPFixture.totals(db) == ["ann": 7])
   }
 }

@@ -140,16 +140,24 @@ public struct Operations {
   /// Marks a dead event as handled without running it: status `rejected`,
   /// reason kept. An id dead in several sources needs `source`.
   public func discardDead(id: String, source: String?) throws -> Int {
-    _ = try deadTargets(id: id, source: source)
+    let targets = try deadTargets(id: id, source: source)
     let connection = try connect()
     defer { connection.close() }
-    let result = try connection.query(
-      """
-      UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
-        reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
-      WHERE status = 'dead' AND event_id = $1 AND ($2::text IS NULL OR source = $2)
-      """, [id, source])
-    return result.affectedRows
+    var discarded = 0
+    for dead in targets {
+      // The same lock as `retry`: a discard never lands under a retry's handler writes.
+      let lock = "sluice.dlq.\(dead.source)/\(dead.eventID)"
+      try connection.query("SELECT pg_advisory_lock(hashtext($1))", [lock])
+      defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext($1))", [lock]) }
+      discarded += try connection.query(
+        """
+        UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
+          reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
+        WHERE status = 'dead' AND source = $1 AND event_id = $2
+        """, [dead.source, dead.eventID]
+      ).affectedRows
+    }
+    return discarded
   }
 
   /// `sluice backfill RELATION`: rows the ledger has not seen, in id order,

@@ -103,23 +103,37 @@ extension Operations {
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may
-  /// write a configuration table (`PUBLIC` counts): the rules, roles,
-  /// sources, handlers and endpoints are the whole security boundary.
+  /// write Sluice's tables (`PUBLIC` counts; effective privileges, so grants
+  /// through role membership, `pg_write_all_data` and column privileges
+  /// count too). The rule tables (sources, rules, roles, handlers,
+  /// endpoints) are the whole security boundary; the daemon's own tables
+  /// (ledger, mirror, state) decide what counts as processed, so there only
+  /// replication roles (the daemon's) may write as well.
   static func configurationWriters(_ connection: PGConnection) throws -> [(
     table: String, role: String, privileges: String
   )] {
     try connection.query(
       """
-      SELECT n.nspname || '.' || c.relname, coalesce(r.rolname, 'PUBLIC'),
-             string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
-      FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-      LEFT JOIN pg_roles r ON r.oid = a.grantee
-      WHERE n.nspname = 'sluice' AND c.relname IN ('sources', 'permission_rules', 'actor_roles', 'handlers', 'endpoints')
-        AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-        AND a.grantee <> c.relowner
-        AND (a.grantee = 0 OR NOT (r.rolsuper OR r.rolname = current_user))
+      WITH tables AS (
+        SELECT c.oid, c.relowner, n.nspname || '.' || c.relname AS name,
+               c.relname IN ('sources', 'permission_rules', 'actor_roles', 'handlers', 'endpoints') AS rules
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'sluice' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'),
+      grantees AS (
+        SELECT oid, rolname, rolsuper, rolreplication FROM pg_roles
+        UNION ALL SELECT 0, 'PUBLIC', false, false)
+      SELECT t.name, g.rolname, string_agg(p.privilege, ', ' ORDER BY p.privilege)
+      FROM tables t CROSS JOIN grantees g
+      CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p(privilege)
+      WHERE NOT g.rolsuper AND g.oid <> t.relowner AND g.rolname <> current_user
+        AND (t.rules OR NOT g.rolreplication)
+        AND CASE WHEN g.oid = 0
+                 THEN has_table_privilege('public', t.oid, p.privilege)
+                      OR (p.privilege IN ('INSERT', 'UPDATE') AND has_any_column_privilege('public', t.oid, p.privilege))
+                 ELSE has_table_privilege(g.oid, t.oid, p.privilege)
+                      OR (p.privilege IN ('INSERT', 'UPDATE') AND has_any_column_privilege(g.oid, t.oid, p.privilege))
+            END
+        AND g.rolname NOT LIKE 'pg\\_%'
       GROUP BY 1, 2 ORDER BY 1, 2
       """
     ).rows.map { ($0[0] ?? "?", $0[1] ?? "?", $0[2] ?? "?") }

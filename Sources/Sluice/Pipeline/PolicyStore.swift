@@ -77,11 +77,11 @@ enum PolicyStore {
 enum Backfill {
   /// Reads with a cursor on `reader` (which may hold an imported snapshot)
   /// and applies through `processor` in batches. Returns the rows processed.
-  /// `beforeXID`: only rows written by transactions older than this one
-  /// (a source registered while the daemon streams).
+  /// `excludingXID`: not the rows this transaction wrote (the one that
+  /// registered the source: its rows are the stream's).
   static func run(
     source: SourceMapping, reader: PGConnection, processor: BatchProcessor, batchSize: Int, stop: StopSignal?,
-    beforeXID: String? = nil
+    excludingXID: String? = nil
   ) throws -> Int {
     let relation = PGConnection.quoteQualified(source.relation)
     let id = PGConnection.quoteIdentifier(source.idColumn)
@@ -91,7 +91,7 @@ enum Backfill {
       SELECT t.* FROM \(relation) t
       WHERE NOT EXISTS (SELECT 1 FROM sluice.event_log l
                         WHERE l.source = \(PGConnection.quoteLiteral(source.relation)) AND l.event_id = sluice.ledger_id(t.\(id)::text))
-      \(beforeXID.map { "AND age(t.xmin) > age(\(PGConnection.quoteLiteral($0))::xid)" } ?? "")
+      \(excludingXID.map { "AND t.xmin::text <> \(PGConnection.quoteLiteral($0))" } ?? "")
       ORDER BY t.\(id)
       """)
     defer { _ = try? reader.query("CLOSE sluice_backfill") }

@@ -285,6 +285,10 @@ public struct StreamPlanner: Sendable {
       case .ignored:
         plan.ignored += 1
       case .insert(let relation, let row, let lsn):
+        // A transaction the mirror already holds was applied whole: each of
+        // its events has a ledger row, and judging its rows again by the
+        // mirror's later policy could make events of rows that were not.
+        if open?.inMirror == true { continue }
         guard let source = policy.source(relation) else {
           plan.ignored += 1
           continue

@@ -27,7 +27,9 @@ final class PrivateCluster: @unchecked Sendable {
 
   func stop() { _ = try? Self.script("pg-stop", [directory]) }
 
-  deinit { stop() }
+  /// `pg_ctl restart -m immediate`: a crash. Whatever was not flushed, and
+  /// slot positions not saved by a checkpoint, are gone.
+  func crashAndRestart() throws { _ = try Self.script("pg-restart", [directory, "immediate"]) }
 
   static func script(_ name: String, _ arguments: [String]) throws -> String {
     try run([ExamplesTests.repository.appendingPathComponent("scripts/\(name)").path] + arguments)
