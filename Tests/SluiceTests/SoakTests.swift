@@ -171,7 +171,8 @@ import Testing
                           AND octet_length(user_id) <= 1024 AND octet_length(coalesce(dedupe_key, '')) <= 1024),
           undone AS (SELECT a.id FROM game.actions u JOIN awards a ON a.id = (u.payload->>'action_id')::uuid
                      AND a.user_id = u.user_id WHERE u.type = 'undo'),
-          model AS (SELECT user_id, sum(xp) FILTER (WHERE id NOT IN (SELECT id FROM undone)) xp FROM awards GROUP BY user_id)
+          model AS (SELECT a.user_id, sum(a.xp) FILTER (WHERE u.id IS NULL) xp
+                    FROM awards a LEFT JOIN undone u USING (id) GROUP BY a.user_id)
           SELECT count(*) FROM model m FULL JOIN game.user_xp x USING (user_id) WHERE coalesce(m.xp, 0) IS DISTINCT FROM x.xp
           """) ?? "") ?? -1
     #expect(xpMismatches == 0, "XP differs from the model for \(xpMismatches) users")
