@@ -164,14 +164,18 @@ import Testing
     try db.sql(
       """
       CREATE TABLE xp.seen (sync text, isolation text, work_mem text, search_path text);
-      CREATE FUNCTION xp.observe(e jsonb) RETURNS void LANGUAGE plpgsql AS $$
+      """)
+    try XPFixture.handler(
+      db, "observe",
+      """
       BEGIN
         PERFORM pg_sleep(0.2);
         INSERT INTO xp.seen VALUES (current_setting('synchronous_commit'), current_setting('transaction_isolation'),
                                     current_setting('work_mem'), current_setting('search_path'));
-      END $$;
-      INSERT INTO sluice.handlers VALUES ('observe', 'xp.observe');
-      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('observe', 'anyone');
+      END
+      """)
+    try db.sql(
+      """
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET synchronous_commit = off;
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET statement_timeout = '50ms';
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET idle_in_transaction_session_timeout = '100ms';

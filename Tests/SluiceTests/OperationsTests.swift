@@ -373,9 +373,9 @@ func freePort() throws -> UInt16 {
 }
 
 /// A plain HTTP GET on 127.0.0.1, returning the whole response.
-func httpGet(port: UInt16, path: String) throws -> String {
+/// A TCP connection to 127.0.0.1:`port`.
+func connectLoopback(port: UInt16) throws -> Int32 {
   let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-  defer { close(descriptor) }
   var address = sockaddr_in()
   address.sin_family = sa_family_t(AF_INET)
   address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -385,7 +385,16 @@ func httpGet(port: UInt16, path: String) throws -> String {
       connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
     }
   }
-  guard connected else { throw SetupError("cannot connect to 127.0.0.1:\(port)") }
+  guard connected else {
+    close(descriptor)
+    throw SetupError("cannot connect to 127.0.0.1:\(port)")
+  }
+  return descriptor
+}
+
+func httpGet(port: UInt16, path: String) throws -> String {
+  let descriptor = try connectLoopback(port: port)
+  defer { close(descriptor) }
   let request = Array("GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n".utf8)
   _ = request.withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, 0) }
   var response: [UInt8] = []

@@ -70,15 +70,13 @@ import Testing
   @Test func aHandlerThatTerminatesItsBackendGoesDeadAloneAndTheRestApplyOnce() throws {
     let db = try TestDatabase("terminated")
     try XPFixture.install(db)
-    try db.sql(
+    try XPFixture.handler(
+      db, "fragile",
       """
-      CREATE FUNCTION xp.fragile(e jsonb) RETURNS void LANGUAGE plpgsql AS $$
       BEGIN
         IF e->'row'->'payload' ? 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
         INSERT INTO xp.totals VALUES (e->>'actor', 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1;
-      END $$;
-      INSERT INTO sluice.handlers VALUES ('fragile', 'xp.fragile');
-      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('fragile', 'anyone');
+      END
       """)
     try createSlot(db)
     try db.sql(
@@ -105,12 +103,7 @@ import Testing
     let db = try TestDatabase("hang")
     try XPFixture.install(db)
     try XPFixture.grant(db, ["ann"])
-    try db.sql(
-      """
-      CREATE FUNCTION xp.hang(e jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(3600) $$;
-      INSERT INTO sluice.handlers VALUES ('hang', 'xp.hang');
-      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('hang', 'anyone');
-      """)
+    try XPFixture.handler(db, "hang", language: "sql", "SELECT pg_sleep(3600)")
     try createSlot(db)
     try XPFixture.insert(db, [("h", "ann", "hang", 1, nil), ("a", "ann", "award", 2, nil)])
     let started = Date()
@@ -249,18 +242,8 @@ import Testing
     let port = try freePort()
     let daemon = try startDaemon(db, ["SLUICE_METRICS_ADDR": "127.0.0.1:\(port)"])
     // Connects, and then neither sends a request nor reads.
-    let silent = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let silent = try connectLoopback(port: port)
     defer { close(silent) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = port.bigEndian
-    let connected = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        connect(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-      }
-    }
-    #expect(connected)
     usleep(100_000)  // the server has accepted the silent client before the probe arrives
     let started = Date()
     let answer = try httpGet(port: port, path: "/healthz")
@@ -328,15 +311,13 @@ import Testing
   @Test func rejectionsStayOnTheFastPathOnceLearnedAndUndoTheirWrites() throws {
     let db = try TestDatabase("guards")
     try XPFixture.install(db)
-    try db.sql(
+    try XPFixture.handler(
+      db, "picky",
       """
-      CREATE FUNCTION xp.picky(e jsonb) RETURNS void LANGUAGE plpgsql AS $$
       BEGIN
         INSERT INTO xp.totals VALUES (e->>'actor', 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1;
         IF (e->'row'->'payload'->>'xp')::int = 0 THEN PERFORM sluice.reject('zero'); END IF;
-      END $$;
-      INSERT INTO sluice.handlers VALUES ('picky', 'xp.picky');
-      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('picky', 'anyone');
+      END
       """)
     try createSlot(db)
     for chunk in 0..<10 {
@@ -416,12 +397,7 @@ import Testing
     let db = try TestDatabase("latecancel")
     try XPFixture.install(db)
     try XPFixture.grant(db, ["ann"])
-    try db.sql(
-      """
-      CREATE FUNCTION xp.slow(e jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(0.19) $$;
-      INSERT INTO sluice.handlers VALUES ('slow', 'xp.slow');
-      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('slow', 'anyone');
-      """)
+    try XPFixture.handler(db, "slow", language: "sql", "SELECT pg_sleep(0.19)")
     try createSlot(db)
     for round in 0..<8 {
       try XPFixture.insert(

@@ -41,6 +41,16 @@ enum XPFixture {
       """)
   }
 
+  /// A SQL handler `xp.<type>(e jsonb)` with this body, registered for `type`, which anyone may emit.
+  static func handler(_ db: TestDatabase, _ type: String, language: String = "plpgsql", _ body: String) throws {
+    try db.sql(
+      """
+      CREATE FUNCTION xp.\(type)(e jsonb) RETURNS void LANGUAGE \(language) AS $$ \(body) $$;
+      INSERT INTO sluice.handlers VALUES ('\(type)', 'xp.\(type)');
+      INSERT INTO sluice.permission_rules (event_type, role) VALUES ('\(type)', 'anyone');
+      """)
+  }
+
   static func grant(_ db: TestDatabase, _ actors: [String], role: String = "player") throws {
     for actor in actors { try db.sql("INSERT INTO sluice.actor_roles (actor, role) VALUES ($1, $2)", [actor, role]) }
   }
