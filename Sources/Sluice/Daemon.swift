@@ -240,6 +240,11 @@ public final class Daemon: @unchecked Sendable {
 
   /// SPEC 8 / `sluice check`: anyone else who can write the rules can grant themselves anything.
   private func warnAboutConfigurationWriters(_ sql: PGConnection) {
+    for relation in (try? Operations.unpublishedSources(sql, publication: configuration.publication)) ?? [] {
+      logger.warning(
+        "a source is not in the publication: its rows never arrive; register it again with sluice.add_source",
+        metadata: ["relation": "\(relation)", "publication": "\(configuration.publication)"])
+    }
     guard let writers = try? Operations.configurationWriters(sql) else { return }
     for writer in writers {
       logger.warning(

@@ -390,6 +390,14 @@ import Testing
     #expect(report.contains("\(db.slot)_writer can DELETE, INSERT, UPDATE on sluice.sources"), "\(report)")
     #expect(!report.contains("PUBLIC can"))
     try db.sql("DROP OWNED BY \(db.slot)_client; DROP ROLE \(db.slot)_client; DROP ROLE \(db.slot)_writer")
+    // Found by review: a source whose table left the publication would be silently not streamed.
+    try db.sql("ALTER PUBLICATION sluice DROP TABLE xp.actions")
+    let (_, unpublished, _) = try runCommand(db, ["check"])
+    #expect(unpublished.contains("source xp.actions is not in publication sluice"), "\(unpublished)")
+    let warned = try startDaemon(db)
+    warned.signal(SIGTERM)
+    #expect(warned.waitForExit() == 0)
+    #expect(warned.standardError.contains("a source is not in the publication"))
   }
 
   /// Found by review: a transaction the mirror already holds, replayed after

@@ -139,6 +139,19 @@ extension Operations {
     ).rows.map { ($0[0] ?? "?", $0[1] ?? "?", $0[2] ?? "?") }
   }
 
+  /// Sources whose table the publication does not publish (recreated,
+  /// dropped from it by hand): their rows would never reach the daemon.
+  static func unpublishedSources(_ connection: PGConnection, publication: String) throws -> [String] {
+    try connection.query(
+      """
+      SELECT s.relation FROM sluice.sources s
+      WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+                        WHERE p.pubname = $1 AND p.schemaname || '.' || p.tablename = s.relation)
+      ORDER BY 1
+      """, [publication]
+    ).rows.compactMap { $0[0] }
+  }
+
   /// One finding of `sluice check`.
   public struct Finding: Sendable {
     public var ok: Bool
@@ -189,6 +202,18 @@ extension Operations {
       return true
     }
     probe("schema is migrated", "run `sluice migrate`") { try Migrator.pending(connection).isEmpty }
+    do {
+      for relation in try Self.unpublishedSources(connection, publication: configuration.publication) {
+        findings.append(
+          Finding(
+            ok: false,
+            what: "source \(relation) is not in publication \(configuration.publication): its rows never arrive",
+            fix: "SELECT sluice.add_source(...) for it again, or ALTER PUBLICATION ... ADD TABLE \(relation)"))
+      }
+    } catch {
+      findings.append(
+        Finding(ok: false, what: "compare sources and publication: \(error)", fix: "run `sluice migrate`"))
+    }
     do {
       let writers = try Self.configurationWriters(connection)
       if writers.isEmpty {
