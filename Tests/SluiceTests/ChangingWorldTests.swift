@@ -469,4 +469,46 @@ import Testing
     #expect(try XPFixture.statuses(db) == ["plain": "applied", "nested": "applied", "after": "applied"])
     #expect(try XPFixture.totals(db) == ["ann": 7])
   }
+
+  /// Found by review: a `dlq discard` while `dlq retry` runs the same event's
+  /// handler must not land under the handler's writes.
+  @Test func discardWaitsForARetryInProgress() throws {
+    let db = try TestDatabase("dlqrace")
+    try XPFixture.install(db)
+    try createSlot(db)
+    try XPFixture.insert(db, [("r", "ann", "later", 1, nil)])  // 'later' has no handler yet: dead
+    let daemon = try startDaemon(db)
+    #expect(try eventually { try XPFixture.statuses(db) == ["r": "dead"] })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    try XPFixture.handler(
+      db, "blocker",
+      """
+      BEGIN
+        PERFORM pg_advisory_lock(4242);
+        PERFORM pg_advisory_unlock(4242);
+        INSERT INTO xp.totals VALUES (e->>'actor', 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1;
+      END
+      """)
+    try db.sql("INSERT INTO sluice.handlers VALUES ('later', 'xp.blocker')")
+    let gate = try PGConnection(conninfo: db.url)
+    defer { gate.close() }
+    try gate.query("SELECT pg_advisory_lock(4242)")
+    func waiting(_ pattern: String) throws -> Bool {
+      try db.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND query LIKE $1",
+        [pattern]) != "0"
+    }
+    let retry = try sluice(db, ["dlq", "retry", "r"])
+    #expect(try eventually(20, "the retry's handler to wait at the gate") { try waiting("%blocker%") })
+    let discard = try sluice(db, ["dlq", "discard", "r"])
+    #expect(try eventually(20, "the discard to wait for the retry") { try waiting("%hashtext%") })
+    try gate.query("SELECT pg_advisory_unlock(4242)")
+    #expect(retry.waitForExit(seconds: 30) == 0, "\(retry.standardError)")
+    // The discard waited for the retry, then found nothing dead to discard.
+    #expect(discard.waitForExit(seconds: 30) == 1)
+    #expect(discard.standardError.contains("no dead event with id r"))
+    #expect(try XPFixture.statuses(db) == ["r": "applied"])
+    #expect(try XPFixture.totals(db) == ["ann": 1])
+  }
 }
