@@ -9,9 +9,14 @@
 
 DO $$
 BEGIN
-  PERFORM pg_advisory_xact_lock(hashtext('sluice.roles'));
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sluice_daemon') THEN
-    CREATE ROLE sluice_daemon LOGIN REPLICATION;
+    -- Roles are cluster-wide, and advisory locks per database: two databases
+    -- loading this file at once may both try.
+    BEGIN
+      CREATE ROLE sluice_daemon LOGIN REPLICATION;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+      NULL;
+    END;
   END IF;
 END
 $$;
