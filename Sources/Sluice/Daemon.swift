@@ -103,7 +103,9 @@ public final class Daemon: @unchecked Sendable {
   }
 
   static func isTransient(_ error: any Error) -> Bool {
-    if error is ReplicationError || error is LedgerConflict || error is SlotLost { return true }
+    if error is ReplicationError || error is LedgerConflict || error is SlotLost || error is ServerIsStandby {
+      return true
+    }
     guard let error = error as? PostgresError else { return false }
     // The slot is still active for a dying walsender; a concurrent backfill
     // wrote the same ledger row; an operator (or a late handler-timeout
@@ -122,6 +124,11 @@ public final class Daemon: @unchecked Sendable {
       throw StartupError("the database lacks migrations \(pending.joined(separator: ", ")): run `sluice migrate`")
     }
     try Migrator.ensurePublication(sql, configuration.publication)
+    if try sql.query("SELECT pg_is_in_recovery()").scalar == "t" {
+      // A standby (a multi-host URL, or before a failover completes): its slots
+      // cannot be written, and one being synchronized must not be dropped. Wait.
+      throw ServerIsStandby(description: "the server is a standby (in recovery); waiting for a primary")
+    }
     if try sql.query("SHOW server_encoding").scalar == "SQL_ASCII" {
       // Text there is bytes in no known encoding: identities could not be compared as Postgres does.
       throw StartupError("the database's encoding is SQL_ASCII: Sluice needs a database with a real encoding (UTF8)")
@@ -483,6 +490,11 @@ final class Health: Sendable {
   private let last = Mutex(ContinuousClock.now.advanced(by: .seconds(-3600)))
   func touch() { last.withLock { $0 = .now } }
   var isFresh: Bool { last.withLock { $0.duration(to: .now) < .seconds(30) } }
+}
+
+/// The database URL reached a standby: the daemon retries until it reaches a primary.
+struct ServerIsStandby: Error, CustomStringConvertible {
+  var description: String
 }
 
 /// The slot cannot stream (invalidated): it was dropped, and the next session recreates it.
