@@ -435,4 +435,26 @@ import Testing
     #expect(reason.hasPrefix("row is ") && reason.hasSuffix("bytes; the limit is 16777216"), "\(reason)")
     #expect(try XPFixture.totals(db) == ["ann": 2])
   }
+
+  /// Found by review: a handler that relays a remote connection error
+  /// (SQLSTATE 08xxx, as dblink or postgres_fdw would) has failed; its own
+  /// connection is fine, so it goes dead instead of reconnecting in a loop.
+  @Test func aHandlerRelayingAConnectionErrorGoesDeadWithoutReconnecting() throws {
+    let db = try TestDatabase("relayed")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try XPFixture.handler(
+      db, "remote",
+      "BEGIN RAISE EXCEPTION 'could not reach the other server' USING ERRCODE = '08006'; END")
+    try createSlot(db)
+    try XPFixture.insert(db, [("r", "u", "remote", 1, nil), ("a", "ann", "award", 3, nil)])
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "2"])
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 2 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try XPFixture.statuses(db) == ["r": "dead", "a": "applied"])
+    #expect(try db.scalar("SELECT reason FROM sluice.event_log WHERE event_id = 'r'")?.contains("08006") == true)
+    #expect(!daemon.standardError.contains("reconnecting"), "\(daemon.standardError)")
+    #expect(try XPFixture.totals(db) == ["ann": 3])
+  }
 }

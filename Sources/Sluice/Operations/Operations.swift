@@ -65,14 +65,20 @@ public struct Operations {
       handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds)
     var results: [(DeadEvent, EventStatus, String?)] = []
     for dead in targets {
-      // One retrier per event at a time; the daemon never touches dead rows.
-      let lock = "sluice.dlq.\(dead.source)/\(dead.eventID)"
-      try connection.query("SELECT pg_advisory_lock(hashtext($1))", [lock])
-      defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext($1))", [lock]) }
-      let outcome = try retry(dead, environment)
+      let outcome = try Self.holdingLock(of: dead, on: connection) { try retry(dead, environment) }
       results.append((dead, outcome.0, outcome.1))
     }
     return results
+  }
+
+  /// One `dlq retry` or `discard` per dead event at a time (the daemon never touches dead rows).
+  private static func holdingLock<T>(of dead: DeadEvent, on connection: PGConnection, _ body: () throws -> T) throws
+    -> T
+  {
+    let lock = "sluice.dlq.\(dead.source)/\(dead.eventID)"
+    try connection.query("SELECT pg_advisory_lock(hashtext($1))", [lock])
+    defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext($1))", [lock]) }
+    return try body()
   }
 
   private func deadTargets(id: String?, source: String?) throws -> [DeadEvent] {
@@ -116,9 +122,8 @@ public struct Operations {
         logger.warning(
           "retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
         if attempt == configuration.maxAttempts {
-          try connection.query(
-            Self.resolve(dead, .dead, error, attempts: attempt).sql,
-            Self.resolve(dead, .dead, error, attempts: attempt).parameters)
+          let stillDead = Self.resolve(dead, .dead, error, attempts: attempt)
+          try connection.query(stillDead.sql, stillDead.parameters)
           return (.dead, error)
         }
         usleep(UInt32(backoff.next(unit: Double.random(in: 0.5..<1))) * 1000)
@@ -145,17 +150,16 @@ public struct Operations {
     defer { connection.close() }
     var discarded = 0
     for dead in targets {
-      // The same lock as `retry`: a discard never lands under a retry's handler writes.
-      let lock = "sluice.dlq.\(dead.source)/\(dead.eventID)"
-      try connection.query("SELECT pg_advisory_lock(hashtext($1))", [lock])
-      defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext($1))", [lock]) }
-      discarded += try connection.query(
-        """
-        UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
-          reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
-        WHERE status = 'dead' AND source = $1 AND event_id = $2
-        """, [dead.source, dead.eventID]
-      ).affectedRows
+      // Never lands under a retry's handler writes.
+      discarded += try Self.holdingLock(of: dead, on: connection) {
+        try connection.query(
+          """
+          UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
+            reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
+          WHERE status = 'dead' AND source = $1 AND event_id = $2
+          """, [dead.source, dead.eventID]
+        ).affectedRows
+      }
     }
     return discarded
   }

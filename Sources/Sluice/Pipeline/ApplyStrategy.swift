@@ -111,8 +111,7 @@ struct FastStrategy: ApplyStrategy {
           }
         }
         for statement in finish(entries) {
-          try batch.send(
-            statement.sql, statement.parameters, ledger: statement.sql.hasPrefix("INSERT INTO sluice.event_log"))
+          try batch.send(statement.sql, statement.parameters, ledger: statement.writesLedger)
         }
         try batch.send("COMMIT")
         try batch.drain()
@@ -123,11 +122,8 @@ struct FastStrategy: ApplyStrategy {
     } catch {
       batch.discard()
       _ = try? connection.exitPipelineMode()
-      if environment.mustThrow(error) {
-        environment.rollback()
-        throw error
-      }
       environment.rollback()
+      if environment.mustThrow(error) { throw error }
       return .failed("\(error)")
     }
   }
@@ -244,7 +240,7 @@ struct CarefulStrategy: ApplyStrategy {
       do {
         try connection.query(statement.sql, statement.parameters)
       } catch let error as PostgresError
-        where error.sqlState == .uniqueViolation && statement.sql.hasPrefix("INSERT INTO sluice.event_log")
+        where error.sqlState == .uniqueViolation && statement.writesLedger
       {
         throw LedgerConflict(description: "\(error)")
       }

@@ -5,6 +5,9 @@ import SluicePostgres
 struct Statement {
   var sql: String
   var parameters: [String?] = []
+  /// It writes ledger rows: a unique violation there is a `LedgerConflict`
+  /// (someone else wrote the row), not a failure of the batch.
+  var writesLedger = false
 }
 
 /// The SQL of the ledger (`sluice.event_log`), the slot's stream state, the
@@ -18,11 +21,11 @@ enum Ledger {
       """
       SELECT k.i FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY AS k(source, event_id, synthetic, i)
       JOIN sluice.event_log l
-        ON l.source = k.source AND l.event_id = CASE WHEN k.synthetic THEN k.event_id ELSE sluice.ledger_id(k.event_id) END
+        ON l.source = k.source AND l.event_id = \(ledgerID("k.event_id", "k.synthetic"))
       """,
       [
         PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id)),
-        PGArray.literal(events.map { $0.idIsSynthetic ? "t" : "f" }),
+        PGArray.literal(events.map(flag)),
       ])
     return Set(result.rows.compactMap { $0[0].flatMap { Int($0) }.map { LedgerKey(events[$0 - 1]) } })
   }
@@ -60,7 +63,7 @@ enum Ledger {
       sql: """
         INSERT INTO sluice.event_log
           (source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
-        SELECT source, CASE WHEN synthetic THEN event_id ELSE sluice.ledger_id(event_id) END, event_type, actor,
+        SELECT source, \(ledgerID("event_id", "synthetic")), event_type, actor,
                dedupe_key, status, reason, attempts, commit_lsn, committed_at, event
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                     $8::int[], $9::pg_lsn[], $10::timestamptz[], $11::jsonb[], $12::bool[])
@@ -77,8 +80,8 @@ enum Ledger {
         PGArray.literal(entries.map { $0.event.commitLSN?.description }),
         PGArray.literal(entries.map { $0.event.committedAt.map(PostgresTime.iso8601) }),
         PGArray.literal(entries.map { $0.status == .dead ? EventRecord.encode($0.event) : nil }),
-        PGArray.literal(entries.map { $0.event.idIsSynthetic ? "t" : "f" }),
-      ])
+        PGArray.literal(entries.map { flag($0.event) }),
+      ], writesLedger: true)
   }
 
   /// The last resort when an event's ledger row itself cannot be written:
@@ -87,12 +90,12 @@ enum Ledger {
     Statement(
       sql: """
         INSERT INTO sluice.event_log (source, event_id, status, reason, attempts, commit_lsn)
-        VALUES ($1, sluice.ledger_id($2), 'dead', $3, $4, $5::pg_lsn)
+        VALUES ($1, \(ledgerID("$2", "$6")), 'dead', $3, $4, $5::pg_lsn)
         """,
       parameters: [
         event.source, event.id, String(decoding: reason.utf8.prefix(4096), as: UTF8.self), String(attempts),
-        event.commitLSN?.description,
-      ])
+        event.commitLSN?.description, flag(event),
+      ], writesLedger: true)
   }
 
   /// The slot's progress, the ledger's high water (events of later
@@ -144,7 +147,8 @@ enum Ledger {
     }
   }
 
-  /// The ledger's id for an event id bound at `id`, with its synthetic flag at `synthetic`.
+  /// The ledger's id for the event id at `id` (a parameter or a column), with its
+  /// synthetic flag at `synthetic`: the one expression every statement uses.
   static func ledgerID(_ id: String, _ synthetic: String) -> String {
     "CASE WHEN \(synthetic)::bool THEN \(id) ELSE sluice.ledger_id(\(id)) END"
   }
