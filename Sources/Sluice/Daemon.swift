@@ -204,7 +204,7 @@ public final class Daemon: @unchecked Sendable {
 
     let queue = BlockingQueue<StreamItem>(
       capacity: max(2 * configuration.batchSize, 1024), byteCapacity: Self.queueBytes, cost: \.estimatedBytes)
-    let ack = SharedAckTracker(confirmed: start)
+    let published = ConfirmedPosition(start)
     let version = ReplicationConnection.protocolVersion(serverVersion: stream.connection.serverVersion)
     do {
       try stream.startReplication(
@@ -217,7 +217,7 @@ public final class Daemon: @unchecked Sendable {
     }
     warnAboutConfigurationWriters(sql)
     processor.registeredSources = true  // the loop runs any backfill a previous session left pending
-    let reader = StreamReader(stream: stream, queue: queue, ack: ack, logger: logger)
+    let reader = StreamReader(stream: stream, queue: queue, confirmed: published, logger: logger)
     reader.start()
     logger.info(
       "streaming", metadata: ["slot": "\(slot)", "from": "\(start)", "proto_version": "\(version)"])
@@ -230,8 +230,10 @@ public final class Daemon: @unchecked Sendable {
       waitingBackfill?.reader.close()
       waitingBackfill = nil
     }
+    var ack = AckTracker(confirmed: start)
+    defer { logStageTimes(queue, processor) }
     do {
-      try handleLoop(queue, reader, processor, ack)
+      try handleLoop(queue, processor, &ack, published)
     } catch {
       reader.stopAndWait()
       throw error
@@ -239,6 +241,7 @@ public final class Daemon: @unchecked Sendable {
     if stop.isSet { notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the batch in flight") }
     reader.stopAndWait()
     if let failure = reader.failure, !stop.isSet { throw failure }
+    try awaitFlush(processor, &ack, published)
     reader.finish()
     confirmed = ack.confirmed
     if stop.isSet { try sql.query("UPDATE sluice.stream_state SET live = false WHERE slot = $1", [slot]) }
@@ -278,9 +281,9 @@ public final class Daemon: @unchecked Sendable {
   /// past the WAL position of that snapshot, every row committed before it
   /// that the ledger lacks, except the registering transaction's own, is a
   /// row no event covered. Steps forward each time the loop goes round.
-  private func advanceBackfills(_ processor: BatchProcessor, _ ack: SharedAckTracker) throws {
+  private func advanceBackfills(_ processor: BatchProcessor, confirmed: LSN) throws {
     if let waiting = waitingBackfill {
-      guard ack.confirmed >= waiting.snapshotLSN || stop.isSet else { return }
+      guard confirmed >= waiting.snapshotLSN || stop.isSet else { return }
       waitingBackfill = nil
       defer { waiting.reader.close() }
       guard !stop.isSet else { return }
@@ -380,18 +383,49 @@ public final class Daemon: @unchecked Sendable {
     return (created.consistentPoint, processor)
   }
 
-  /// Takes batches off the queue and applies them until stopped.
+  /// Takes batches off the queue and applies them until stopped. It alone
+  /// owns the `AckTracker`: begins, commits and keepalives arrive through the
+  /// queue in stream order, and what is durable is published for the reader.
   private func handleLoop(
-    _ queue: BlockingQueue<StreamItem>, _ reader: StreamReader, _ processor: BatchProcessor, _ ack: SharedAckTracker
+    _ queue: BlockingQueue<StreamItem>, _ processor: BatchProcessor, _ ack: inout AckTracker,
+    _ published: ConfirmedPosition
   ) throws {
     let batchSize = configuration.batchSize
     let fillTimeout = Double(configuration.batchTimeoutMilliseconds) / 1000
+    var lastFlushCheck = ContinuousClock.now
+    func acknowledge(_ applied: BatchProcessor.Applied) {
+      if let end = applied.completed {
+        if let record = applied.commitRecord {
+          ack.committedLocally(through: end, commitRecord: record)
+        } else {
+          ack.durable(through: end)
+        }
+      }
+      if let flushed = applied.flushed { ack.localFlushed(flushed) }
+      published.publish(ack.confirmed)
+    }
+    defer { if let applied = try? processor.settle() { acknowledge(applied) } }
     while !stop.isSet {
-      var (items, bytes) = queue.take(upTo: batchSize, bytes: Self.queueBytes, timeout: 0.1)
-      try checkLag(processor.connection)
+      // Asynchronous commits wait for the WAL writer's flush: look more often then.
+      // A batch sent ahead is read as soon as the stream pauses.
+      var (items, bytes) = queue.take(
+        upTo: batchSize, bytes: Self.queueBytes,
+        timeout: processor.hasUnsettled ? 0.001 : ack.awaitingFlush ? Self.flushPollSeconds : 0.1)
+      if items.isEmpty || lagCheckDue {
+        // The stream paused (or the lag is due): read the result of the batch sent ahead.
+        acknowledge(try processor.settle())
+        try checkLag(processor.connection)
+      }
+      if ack.awaitingFlush, items.isEmpty,
+        lastFlushCheck.duration(to: .now) >= .milliseconds(Int(Self.flushPollSeconds * 1000))
+      {
+        lastFlushCheck = .now
+        if let flush = try processor.localFlush() { ack.localFlushed(flush) }
+        published.publish(ack.confirmed)
+      }
       if items.isEmpty {
         if queue.closed { return }
-        try advanceBackfills(processor, ack)
+        try advanceBackfills(processor, confirmed: ack.confirmed)
         progressed(status(ack))
         continue
       }
@@ -405,12 +439,21 @@ public final class Daemon: @unchecked Sendable {
         bytes += more.bytes
         items += more.items
       }
+      for item in items {
+        switch item {
+        case .begin: ack.began()
+        case .commit(let end, _, _): ack.committed(end: end)
+        case .keepalive(let walEnd): ack.keepalive(walEnd: walEnd)
+        default: break
+        }
+      }
       let started = ContinuousClock.now
       do {
-        if let end = try processor.process(items) {
-          ack.update { $0.durable(through: end) }
+        acknowledge(try processor.process(items))
+        if processor.registeredSources || waitingBackfill != nil {
+          acknowledge(try processor.settle())
+          try advanceBackfills(processor, confirmed: ack.confirmed)
         }
-        try advanceBackfills(processor, ack)
       } catch is ApplyInterrupted {
         return
       }
@@ -425,13 +468,43 @@ public final class Daemon: @unchecked Sendable {
     }
   }
 
-  private func status(_ ack: SharedAckTracker) -> String {
+  /// How often the loop reads the server's WAL flush position while asynchronous commits wait for it.
+  static let flushPollSeconds = 0.02
+
+  /// On a graceful stop: wait (briefly) for the WAL writer to flush what was
+  /// committed asynchronously, so the last acknowledgement covers it.
+  private func awaitFlush(_ processor: BatchProcessor, _ ack: inout AckTracker, _ published: ConfirmedPosition) throws {
+    let deadline = ContinuousClock.now.advanced(by: .seconds(2))
+    while ack.awaitingFlush, ContinuousClock.now < deadline {
+      if let flush = try processor.localFlush() { ack.localFlushed(flush) }
+      published.publish(ack.confirmed)
+      if ack.awaitingFlush { usleep(10_000) }
+    }
+  }
+
+  /// At the end of a session: where the handling stage's wall time went (`scripts/bench` prints it).
+  private func logStageTimes(_ queue: BlockingQueue<StreamItem>, _ processor: BatchProcessor) {
+    let waits = queue.waits
+    let times = processor.times
+    func seconds(_ duration: Duration) -> String { String(format: "%.3f", duration.inSeconds) }
+    logger.info(
+      "stage times",
+      metadata: [
+        "batches": "\(times.batches)", "plan_s": "\(seconds(times.plan))", "apply_s": "\(seconds(times.apply))",
+        "commit_wait_s": "\(seconds(processor.commitWait))", "handler_waiting_for_items_s": "\(seconds(waits.take))",
+        "reader_blocked_on_full_queue_s": "\(seconds(waits.put))",
+      ])
+  }
+
+  private func status(_ ack: AckTracker) -> String {
     "streaming; confirmed \(ack.confirmed); lag \(metrics.lagBytes) bytes"
   }
 
+  private var lagCheckDue: Bool { lastLagCheck.duration(to: .now) > .seconds(5) }
+
   /// Every 5 s: how far the slot trails the server, and how much WAL it pins.
   private func checkLag(_ connection: PGConnection) throws {
-    guard lastLagCheck.duration(to: .now) > .seconds(5) else { return }
+    guard lagCheckDue else { return }
     lastLagCheck = .now
     let row = try connection.query(
       """

@@ -391,6 +391,9 @@ extension PGConnection {
   }
 
   /// Deallocates statements evicted from the cache or broken. Call outside pipeline mode.
+  /// Statements evicted from the cache wait to be deallocated (outside a pipeline).
+  public var hasEvicted: Bool { prepared.hasEvicted }
+
   public func deallocateEvicted() throws {
     for name in prepared.takeEvicted() {
       do {
@@ -474,6 +477,8 @@ struct PreparedStatements {
   mutating func drop(_ sql: String) {
     if let entry = names.removeValue(forKey: sql) { evicted.append(entry.name) }
   }
+
+  var hasEvicted: Bool { !evicted.isEmpty }
 
   mutating func takeEvicted() -> [String] {
     defer { evicted.removeAll() }

@@ -23,9 +23,50 @@ import Testing
     ack.keepalive(walEnd: LSN(400))
     #expect(ack.confirmed == LSN(150), "a committed transaction is not durable yet")
     ack.durable(through: LSN(320))
-    #expect(ack.confirmed == LSN(320))
-    ack.keepalive(walEnd: LSN(400))
-    #expect(ack.confirmed == LSN(400))
+    #expect(ack.confirmed == LSN(400), "the keepalive after it is remembered")
+    ack.keepalive(walEnd: LSN(450))
+    #expect(ack.confirmed == LSN(450))
+  }
+
+  @Test func keepaliveDuringAnOpenTransactionIsNotRemembered() {
+    var ack = AckTracker(confirmed: LSN(100))
+    ack.began()
+    ack.keepalive(walEnd: LSN(900))  // sent between the rows of the transaction ending at 900
+    ack.committed(end: LSN(900))
+    #expect(ack.confirmed == LSN(100))
+    #expect(ack.received == LSN(900))
+  }
+
+  @Test func asynchronousCommitsWaitForTheLocalFlush() {
+    var ack = AckTracker(confirmed: LSN(0))
+    ack.began()
+    ack.committed(end: LSN(10))
+    ack.began()
+    ack.committed(end: LSN(20))
+    ack.committedLocally(through: LSN(10), commitRecord: LSN(5000))
+    ack.committedLocally(through: LSN(20), commitRecord: LSN(6000))
+    #expect(ack.confirmed == LSN(0), "committed, not flushed")
+    #expect(ack.awaitingFlush)
+    ack.localFlushed(LSN(4999))
+    #expect(ack.confirmed == LSN(0), "the flush has not passed the first commit record")
+    ack.localFlushed(LSN(5500))
+    #expect(ack.confirmed == LSN(10))
+    ack.keepalive(walEnd: LSN(30))
+    #expect(ack.confirmed == LSN(10), "the keepalive waits for the transaction before it")
+    ack.localFlushed(LSN(6000))
+    #expect(ack.confirmed == LSN(30))
+    #expect(!ack.awaitingFlush)
+  }
+
+  @Test func resetForgetsUnflushedCommits() {
+    var ack = AckTracker(confirmed: LSN(0))
+    ack.began()
+    ack.committed(end: LSN(10))
+    ack.committedLocally(through: LSN(10), commitRecord: LSN(500))
+    ack.reset()
+    #expect(!ack.awaitingFlush)
+    ack.localFlushed(LSN(1000))
+    #expect(ack.confirmed == LSN(0), "a commit the crash may have lost is never confirmed")
   }
 
   @Test func neverGoesBackwards() {

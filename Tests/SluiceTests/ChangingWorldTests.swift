@@ -176,7 +176,7 @@ import Testing
       """)
     try db.sql(
       """
-      ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET synchronous_commit = off;
+      ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET synchronous_commit = remote_write;
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET statement_timeout = '50ms';
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET idle_in_transaction_session_timeout = '100ms';
       ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET default_transaction_isolation = 'serializable';
@@ -203,10 +203,14 @@ import Testing
       try XPFixture.statuses(db) == [
         "o1": "applied", "f1": "dead", "o2": "applied", "e1": "denied", "e2": "applied", "e3": "dead",
       ])
+    // synchronous_commit is the daemon's own choice in each transaction: off
+    // in fast batches (acknowledged once flushed), on elsewhere; never the database's.
     #expect(
-      try db.sql("SELECT DISTINCT sync, isolation, work_mem, search_path FROM xp.seen").rows == [
-        ["on", "read committed", "7777kB", "public"]
+      try db.sql("SELECT DISTINCT isolation, work_mem, search_path FROM xp.seen").rows == [
+        ["read committed", "7777kB", "public"]
       ])
+    let commitModes = Set(try db.sql("SELECT DISTINCT sync FROM xp.seen").rows.map { $0[0] ?? "" })
+    #expect(!commitModes.isEmpty && commitModes.isSubset(of: ["on", "off"]), "\(commitModes)")
   }
 
   static func installParted(_ db: TestDatabase) throws {

@@ -189,7 +189,13 @@ import Testing
     try XPFixture.insert(db, (0..<30).map { (String(format: "m%03d", $0), $0 % 3 == 0 ? "u2" : "u1", "award", 5, nil) })
     try XPFixture.insert(db, [("m-dead", "u1", "later", 1, nil)])
     #expect(try eventually { try XPFixture.ledgerCount(db) == 31 })
-    let metrics = try httpGet(port: port, path: "/metrics")
+    // A batch is counted once final (its COMMIT's result read), a moment after its rows are visible.
+    var metrics = ""
+    #expect(
+      try eventually {
+        metrics = try httpGet(port: port, path: "/metrics")
+        return metrics.contains("sluice_commit_to_applied_seconds_count 31")
+      })
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
     #expect(metrics.hasPrefix("HTTP/1.0 200"))

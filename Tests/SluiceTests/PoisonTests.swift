@@ -228,7 +228,12 @@ import Testing
       SELECT 'd' || g, 'mallory', md5('seed-7:' || g) FROM generate_series(1, 100000) g
       """)
     #expect(try eventually(180, "100,000 ledger rows") { try XPFixture.ledgerCount(db) == 100_000 })
-    let body = try httpGet(port: port, path: "/metrics")
+    var body = ""
+    #expect(
+      try eventually {
+        body = try httpGet(port: port, path: "/metrics")
+        return body.contains("sluice_events_total{type=\"other\",status=\"denied\"} 100000")
+      })
     print("/metrics after 100,000 denied random types: \(body.utf8.count) bytes")
     #expect(body.utf8.count < 16_384)
     #expect(body.contains("sluice_events_total{type=\"other\",status=\"denied\"} 100000"))

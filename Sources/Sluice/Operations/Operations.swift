@@ -116,7 +116,7 @@ public struct Operations {
         entries.map { Self.resolve(dead, $0.status, $0.reason, attempts: attempt) }
       }
       switch outcome {
-      case .committed(let entries):
+      case .committed(let entries), .sent(let entries):
         return (entries.first?.status ?? .applied, entries.first?.reason)
       case .stoppedAt(_, let error, _), .failed(let error):
         logger.warning(

@@ -6,6 +6,8 @@ import SluicePostgres
 /// connection is thrown instead: nothing is known about what committed.
 enum StrategyOutcome {
   case committed([LedgerEntry])
+  /// Fast only: COMMIT was sent and its results are not read yet (`FastStrategy.apply(leavingUnread:)`).
+  case sent([LedgerEntry])
   /// Careful only: the entries before `index` committed; its handler failed with `error`.
   case stoppedAt(Int, error: String, committed: [LedgerEntry])
   /// Nothing committed; the failure names no event.
@@ -32,6 +34,33 @@ struct HandlerTimeout: Error, CustomStringConvertible {
   var description: String { "handler timed out after \(milliseconds) ms (SLUICE_HANDLER_TIMEOUT_MS)" }
 }
 
+/// What the fast strategy's commits left to know: where their commit
+/// records are in the local WAL, how far it is flushed, how long waiting
+/// for the results of a batch took; and the batch whose COMMIT was sent
+/// without waiting, if any.
+final class CommitLog {
+  /// Commit without waiting for the WAL flush. Off for backfills: their rows
+  /// are older than the slot's position, so nothing would bring them back.
+  var asynchronous = true
+  /// The local WAL insert position read right after the last asynchronous
+  /// COMMIT: at or past its commit record's end. Nil until one committed.
+  var commitRecord: LSN?
+  /// The local WAL flush position read with it.
+  var flushed: LSN?
+  /// Time spent waiting for the results of batches already sent.
+  var wait = Duration.zero
+  /// The pipeline that holds a sent batch's unread results (the connection
+  /// is in pipeline mode while it is set), and where its WAL positions land.
+  var unread: (batch: PipelineBatch, positions: Int)?
+
+  /// Records the WAL positions a batch's COMMIT was followed by.
+  func positions(_ result: QueryResult?, asynchronous: Bool) {
+    let row = result?.rows.first
+    if asynchronous, let record = row?[0].flatMap({ LSN($0) }) { commitRecord = max(commitRecord ?? record, record) }
+    if let flush = row?[1].flatMap({ LSN($0) }) { flushed = max(flushed ?? flush, flush) }
+  }
+}
+
 /// What both strategies share: the apply connection, the handlers, the handler timeout.
 struct ApplyEnvironment {
   let connection: PGConnection
@@ -39,6 +68,7 @@ struct ApplyEnvironment {
   let deadline: StatementDeadline
   let handlerTimeoutMilliseconds: Int
   let guards = RejectionGuards()
+  let commits = CommitLog()
 
   func handler(_ choice: HandlerChoice, _ type: String) -> (any EventHandler)? {
     switch choice {
@@ -52,7 +82,7 @@ struct ApplyEnvironment {
   /// handler that relays a remote 08xxx (dblink, postgres_fdw) has failed,
   /// and its connection is fine.
   func mustThrow(_ error: any Error) -> Bool {
-    if error is LedgerConflict || !connection.isHealthy { return true }
+    if error is LedgerConflict || error is EarlierBatchFailed || !connection.isHealthy { return true }
     guard let error = error as? PostgresError else { return false }
     return error.sqlState == nil || error.sqlState?.rawValue.hasPrefix("57P") == true
   }
@@ -60,26 +90,60 @@ struct ApplyEnvironment {
   func rollback() {
     if connection.isHealthy { _ = try? connection.simpleQuery("ROLLBACK") }
   }
+
+  /// The fast path can start without touching the connection outside a
+  /// pipeline: no statement to deallocate, no guard to create.
+  var pipelineReady: Bool { !connection.hasEvicted && !guards.hasPending }
 }
 
 /// The whole range in one libpq pipeline, no savepoints, one round trip per
 /// few hundred statements. Any failure (or the handler timeout passing for
 /// the range as a whole) rolls back and reports `failed`: the careful
 /// strategy then finds out which event it was.
+///
+/// It commits asynchronously, as Postgres's own apply worker does: COMMIT
+/// does not wait for the WAL flush, and the local WAL position read right
+/// after it (`CommitLog`) lets the daemon acknowledge the source only once
+/// the server's flush has passed it. A crash that loses such a commit loses
+/// its ledger rows with it, and the unacknowledged source transactions come again.
 struct FastStrategy: ApplyStrategy {
   let environment: ApplyEnvironment
 
   func apply(
     _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
   ) throws -> StrategyOutcome {
+    try apply(units, range, attempt: attempt, leavingUnread: false, finish: finish)
+  }
+
+  /// `leavingUnread`: send COMMIT and return without reading the results
+  /// (`.sent`); the next fast attempt, or the processor's `settle`, reads
+  /// them. The next batch's statements follow at once, so Postgres works on
+  /// them while the daemon plans the one after. Its COMMIT is sent only once
+  /// the results before it are read: a batch never commits after one that failed.
+  func apply(
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, leavingUnread: Bool,
+    finish: ([LedgerEntry]) -> [Statement]
+  ) throws -> StrategyOutcome {
     let connection = environment.connection
-    try connection.deallocateEvicted()
-    try environment.guards.prepare(connection)
-    try connection.enterPipelineMode()
-    let batch = PipelineBatch(connection: connection)
+    let commits = environment.commits
+    let batch: PipelineBatch
+    if let unread = commits.unread {
+      batch = unread.batch
+      batch.nextBatch()
+    } else {
+      try connection.deallocateEvicted()
+      try environment.guards.prepare(connection)
+      try connection.enterPipelineMode()
+      batch = PipelineBatch(connection: connection)
+    }
+    let earlier = commits.unread?.positions
+    commits.unread = nil
+    let asynchronous = commits.asynchronous
     do {
-      let (entries, _) = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
+      let (result, _) = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
+        () throws -> (entries: [LedgerEntry], positions: Int) in
         try batch.send("BEGIN")
+        try batch.send(asynchronous ? "SET LOCAL synchronous_commit = off" : "SET LOCAL synchronous_commit = on")
         var entries: [LedgerEntry] = []
         entries.reserveCapacity(range.count)
         /// Guarded SQL calls: the entry to correct and where its result (a reason, or NULL) lands.
@@ -113,16 +177,35 @@ struct FastStrategy: ApplyStrategy {
         for statement in finish(entries) {
           try batch.send(statement.sql, statement.parameters, ledger: statement.writesLedger)
         }
+        // The batch before must have committed before this one may.
+        let waiting = ContinuousClock.now
+        try batch.readSyncedGroups()
+        if let failure = batch.earlierFailure { throw EarlierBatchFailed(failure: failure) }
+        if let earlier { commits.positions(batch.captured[earlier], asynchronous: true) }
         try batch.send("COMMIT")
-        try batch.drain()
-        return entries
+        let positions = try batch.send(
+          capturing: "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text", [])
+        if leavingUnread {
+          try batch.syncWithoutReading()
+        } else {
+          try batch.drain()
+          commits.positions(batch.captured[positions], asynchronous: asynchronous)
+        }
+        commits.wait += waiting.duration(to: .now)
+        return (entries, positions)
+      }
+      if leavingUnread {
+        commits.unread = (batch, result.positions)
+        return .sent(result.entries)
       }
       try connection.exitPipelineMode()
-      return .committed(entries)
+      return .committed(result.entries)
     } catch {
       batch.discard()
       _ = try? connection.exitPipelineMode()
       environment.rollback()
+      if let failure = batch.earlierFailure { throw EarlierBatchFailed(failure: failure) }
+      if let earlier { commits.positions(batch.captured[earlier], asynchronous: true) }
       if environment.mustThrow(error) { throw error }
       return .failed("\(error)")
     }

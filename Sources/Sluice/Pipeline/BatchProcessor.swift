@@ -63,55 +63,189 @@ public final class BatchProcessor {
 
   deinit { environment.deadline.close() }
 
-  /// Applies `items`. Returns the end LSN of the last source transaction the
-  /// batch completed (nil if it ended none). Throws on a lost connection
-  /// (nothing after the last commit is kept; the batch comes again).
-  @discardableResult
-  public func process(_ items: [StreamItem]) throws -> LSN? {
-    let plan = planner.plan(items)
-    ignoredChanges += plan.ignored
-    guard !plan.isEmpty else { return nil }
-    try apply(
-      plan,
-      tail: plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) }
-        + plan.registeredSources.map { Ledger.pendingBackfill($0.relation, xid: $0.xid, slot: slot) })
-    registeredSources = registeredSources || !plan.registeredSources.isEmpty
-    return plan.completed
+  /// What a batch came to, for the acknowledgement.
+  public struct Applied: Equatable {
+    /// The end LSN of the last source transaction the batch completed (nil if it ended none).
+    public var completed: LSN?
+    /// Set when some of it committed asynchronously: durable once the local
+    /// WAL flush reaches this position.
+    public var commitRecord: LSN?
+    /// The local WAL flush position last seen.
+    public var flushed: LSN?
   }
 
-  /// Processes rows read outside the stream (backfill): no commit LSN.
+  /// Where the handling stage's time went, since the session started.
+  public struct StageTimes {
+    /// Planning, replay and dedupe lookups.
+    public var plan = Duration.zero
+    /// Executing the schedule: handlers, ledger rows, commits.
+    public var apply = Duration.zero
+    public var batches = 0
+  }
+  public private(set) var times = StageTimes()
+  /// Time spent in COMMIT round trips of the fast path.
+  public var commitWait: Duration { environment.commits.wait }
+
+  /// Applies `items`. Returns what became final during the call: with
+  /// `leaveUnread`, a batch applied by the fast path is final only once the
+  /// next call (or `settle`) has read its COMMIT's result. Throws on a lost
+  /// connection (nothing after the last commit is kept; the batch comes again).
+  @discardableResult
+  public func process(_ items: [StreamItem]) throws -> Applied {
+    let planning = ContinuousClock.now
+    let plan = planner.plan(items)
+    times.plan += planning.duration(to: .now)
+    ignoredChanges += plan.ignored
+    if !plan.isEmpty {
+      try apply(
+        plan,
+        tail: plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) }
+          + plan.registeredSources.map { Ledger.pendingBackfill($0.relation, xid: $0.xid, slot: slot) },
+        leavingUnread: leaveUnread)
+      registeredSources = registeredSources || !plan.registeredSources.isEmpty
+    }
+    return takeApplied()
+  }
+
+  /// Reads the result of a batch whose COMMIT was sent without waiting (if
+  /// any) and returns what became final. Call it before using the
+  /// connection for anything else, and when the stream is idle.
+  public func settle() throws -> Applied {
+    try settleUnread()
+    return takeApplied()
+  }
+
+  /// A batch sent by the fast path whose results are not read yet.
+  private struct Unsettled {
+    var plan: BatchPlan
+    var tail: [Statement]
+    var entries: [LedgerEntry]
+    var started: ContinuousClock.Instant
+  }
+  private var unsettled: Unsettled?
+  /// A batch was sent ahead and its result is not read yet.
+  var hasUnsettled: Bool { unsettled != nil }
+  /// The end LSN of the last source transaction that became final and was not reported yet.
+  private var finalThrough: LSN?
+  /// Let the fast path send the next batch before reading this one's result.
+  var leaveUnread = true
+
+  private func takeApplied() -> Applied {
+    defer {
+      finalThrough = nil
+      environment.commits.commitRecord = nil
+    }
+    return Applied(
+      completed: finalThrough, commitRecord: environment.commits.commitRecord, flushed: environment.commits.flushed)
+  }
+
+  private func settleUnread() throws {
+    guard let batch = unsettled else { return }
+    unsettled = nil
+    let commits = environment.commits
+    guard let unread = commits.unread else { return finished(batch) }
+    commits.unread = nil
+    do {
+      let waiting = ContinuousClock.now
+      _ = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
+        try unread.batch.readSyncedGroups()
+      }
+      commits.wait += waiting.duration(to: .now)
+      try connection.exitPipelineMode()
+      commits.positions(unread.batch.captured[unread.positions], asynchronous: true)
+    } catch {
+      unread.batch.discard()
+      _ = try? connection.exitPipelineMode()
+      environment.rollback()
+      if error is LedgerConflict == false, environment.mustThrow(error) { throw error }
+      logger.debug("a batch sent ahead failed; redoing it", metadata: ["why": "\(error)"])
+      return try apply(batch.plan, tail: batch.tail, leavingUnread: false)
+    }
+    finished(batch)
+  }
+
+  private func finished(_ batch: Unsettled) {
+    record(batch.entries, since: batch.started)
+    if let end = batch.plan.completed { finalThrough = end }
+  }
+
+  /// The server's WAL flush position now (for asynchronous commits waiting to be acknowledged).
+  func localFlush() throws -> LSN? {
+    try settleUnread()
+    return try connection.query("SELECT pg_current_wal_flush_lsn()::text").scalar.flatMap { LSN($0) }
+  }
+
+  /// Processes rows read outside the stream (backfill): no commit LSN, and
+  /// committed synchronously, since no source transaction will bring them back.
   func processRows(_ rows: [(relation: String, row: Row)]) throws {
+    try settleUnread()
     let plan = planner.plan(rows: rows)
     ignoredChanges += plan.ignored
-    try apply(plan, tail: [])
+    environment.commits.asynchronous = false
+    defer { environment.commits.asynchronous = true }
+    try apply(plan, tail: [], leavingUnread: false)
   }
 
-  private func apply(_ plan: BatchPlan, tail: [Statement]) throws {
+  private func apply(_ plan: BatchPlan, tail: [Statement], leavingUnread: Bool) throws {
     let started = ContinuousClock.now
     var committed: [LedgerEntry] = []
-    defer { record(committed, since: started) }
+    var sent = false
+    defer { if !sent { record(committed, since: started) } }
     var window: BatchPlan.ReplayWindow = ledgerHighWater.map { .through($0) } ?? .none
-    for _ in 0..<3 {
+    var conflicts = 0
+    while true {
       do {
-        try execute(plan, tail: tail, window: window, into: &committed)
+        sent = try execute(plan, tail: tail, window: window, leavingUnread: leavingUnread, into: &committed)
+        if sent {
+          unsettled = Unsettled(plan: plan, tail: tail, entries: committed, started: started)
+        } else if let end = plan.completed {
+          finalThrough = end
+        }
         return
+      } catch let error as EarlierBatchFailed {
+        // The batch sent before this one did not commit, so neither did this
+        // one: redo that one without sending ahead, then this one from the start.
+        guard let earlier = unsettled else { throw error.failure }
+        unsettled = nil
+        logger.debug("a batch sent ahead failed; redoing it", metadata: ["why": "\(error.failure)"])
+        try apply(earlier.plan, tail: earlier.tail, leavingUnread: false)
+        committed.removeAll()
       } catch is LedgerConflict {
         // Someone else (`sluice backfill`) wrote some of these events: look every one up.
+        conflicts += 1
+        guard conflicts < 3 else {
+          throw LedgerConflict(description: "ledger rows kept appearing under the batch; starting over")
+        }
         logger.debug("ledger rows written concurrently; looking the batch up again")
         window = .all
       }
     }
-    throw LedgerConflict(description: "ledger rows kept appearing under the batch; starting over")
   }
 
+  /// Executes the plan's schedule. Returns true when its only attempt was a
+  /// fast one sent without reading its result (`leavingUnread`): then it is
+  /// not final until `settleUnread`.
   private func execute(
-    _ plan: BatchPlan, tail: [Statement], window: BatchPlan.ReplayWindow, into committed: inout [LedgerEntry]
-  ) throws {
-    let seen = try Ledger.seen(plan.replaySuspects(window), on: connection)
-    let owners = try Ledger.owners(plan.ownerSuspects(seen: seen), on: connection)
+    _ plan: BatchPlan, tail: [Statement], window: BatchPlan.ReplayWindow, leavingUnread: Bool,
+    into committed: inout [LedgerEntry]
+  ) throws -> Bool {
+    let looking = ContinuousClock.now
+    // Lookups read the ledger: the batch sent before must be final first.
+    let replaySuspects = plan.replaySuspects(window)
+    if !replaySuspects.isEmpty { try settleUnread() }
+    let seen = try Ledger.seen(replaySuspects, on: connection)
+    let ownerSuspects = plan.ownerSuspects(seen: seen)
+    if !ownerSuspects.isEmpty { try settleUnread() }
+    let owners = try Ledger.owners(ownerSuspects, on: connection)
     let units = plan.units(seen: seen, owners: owners)
+    let applying = ContinuousClock.now
+    times.plan += looking.duration(to: applying)
+    times.batches += 1
+    defer { times.apply += applying.duration(to: .now) }
     let isolated = min(isolateNext, units.count)
     var schedule = ApplySchedule(count: units.count, isolated: isolated, pipelining: pipelining)
+    let sendAhead = leavingUnread && isolated == 0 && environment.pipelineReady
+    if !sendAhead { try settleUnread() }
     var tailWritten = false
     let before = committed.count
     var partly: Bool { committed.count > before }
@@ -130,8 +264,23 @@ public final class BatchProcessor {
           }
           return statements
         }
-        let strategy: any ApplyStrategy = if case .fast = attempt { fast } else { careful }
-        switch try strategy.apply(units, range, attempt: 1, finish: finish) {
+        let outcome: StrategyOutcome
+        if case .fast = attempt {
+          let earlier = unsettled
+          outcome = try fast.apply(units, range, attempt: 1, leavingUnread: sendAhead && whole, finish: finish)
+          // It returned: the batch sent before it, whose result it read first, committed.
+          if let earlier {
+            unsettled = nil
+            finished(earlier)
+          }
+        } else {
+          try settleUnread()
+          outcome = try careful.apply(units, range, attempt: 1, finish: finish)
+        }
+        switch outcome {
+        case .sent(let entries):
+          committed += entries
+          return true
         case .committed(let entries):
           committed += entries
           tailWritten = tailWritten || whole
@@ -145,6 +294,7 @@ public final class BatchProcessor {
           schedule.report(.failed)
         }
       case .alone(let index):
+        try settleUnread()
         committed.append(try applyAlone(units[index], afterCrash: index < isolated))
         schedule.report(.committed)
       }
@@ -153,9 +303,11 @@ public final class BatchProcessor {
     isolateNext -= isolated
     if isolateNext == 0 { uncountedCrash = false }
     if !tailWritten && (!tail.isEmpty || plan.completed != nil) {
+      try settleUnread()
       try transaction(
         tail + [Ledger.state(slot: slot, completed: plan.completed, highWater: nil, mirrorLSN: plan.completed)])
     }
+    return false
   }
 
   private static func highWater(_ entries: [LedgerEntry]) -> LSN? {
@@ -199,7 +351,7 @@ public final class BatchProcessor {
       }
       let error: String
       switch outcome {
-      case .committed(let entries): return entries[0]
+      case .committed(let entries), .sent(let entries): return entries[0]
       case .stoppedAt(_, let failure, _), .failed(let failure): error = failure
       }
       metrics?.handlerFailed()

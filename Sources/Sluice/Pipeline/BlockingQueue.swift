@@ -15,11 +15,20 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
   private var bytes = 0
   private let condition = NSCondition()
   private(set) var closed = false
+  private var putWait = Duration.zero
+  private var takeWait = Duration.zero
 
   init(capacity: Int, byteCapacity: Int = .max, cost: @escaping (Element) -> Int = { _ in 0 }) {
     self.capacity = capacity
     self.byteCapacity = byteCapacity
     self.cost = cost
+  }
+
+  /// Time producers spent waiting for room, and consumers for items: which side is the slower.
+  var waits: (put: Duration, take: Duration) {
+    condition.lock()
+    defer { condition.unlock() }
+    return (putWait, takeWait)
   }
 
   var count: Int {
@@ -34,7 +43,10 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
     condition.lock()
     defer { condition.unlock() }
     let size = cost(item)
+    var started: ContinuousClock.Instant?
+    defer { if let started { putWait += started.duration(to: .now) } }
     while (items.count - head >= capacity || (bytes > 0 && bytes + size > byteCapacity)) && !closed {
+      if started == nil { started = .now }
       if !condition.wait(until: Date().addingTimeInterval(1)) {
         condition.unlock()
         defer { condition.lock() }
@@ -55,6 +67,8 @@ final class BlockingQueue<Element: Sendable>: @unchecked Sendable {
     condition.lock()
     defer { condition.unlock() }
     let deadline = Date().addingTimeInterval(timeout)
+    let started = ContinuousClock.now
+    defer { takeWait += started.duration(to: .now) }
     while items.count == head && !closed {
       if !condition.wait(until: deadline) { break }
     }

@@ -30,6 +30,9 @@ final class RejectionGuards {
     savepointTypes.insert(Bytewise(type))
   }
 
+  /// Wrappers wait to be created (outside any pipeline).
+  var hasPending: Bool { !pending.isEmpty }
+
   /// The wrapper to call instead of `function`, if it has one.
   func wrapper(for function: String) -> String? { wrappers[function] ?? nil }
 

@@ -4,39 +4,43 @@ import SluiceCore
 import SluicePostgres
 import Synchronization
 
-/// The confirmed-position bookkeeping shared by the two stages: the reader
-/// records begins, commits and keepalives; the processor records what is durable.
-final class SharedAckTracker: Sendable {
-  private let tracker: Mutex<AckTracker>
+/// The position the handling stage has made durable, published for the
+/// reader's status updates. The handling stage alone owns the `AckTracker`;
+/// the reader only reads this.
+final class ConfirmedPosition: Sendable {
+  private let value: Atomic<UInt64>
 
-  init(confirmed: LSN) { tracker = Mutex(AckTracker(confirmed: confirmed)) }
+  init(_ lsn: LSN) { value = Atomic(lsn.value) }
 
-  func update<T>(_ body: (inout AckTracker) -> T) -> T { tracker.withLock { body(&$0) } }
-  var confirmed: LSN { tracker.withLock { $0.confirmed } }
+  var lsn: LSN { LSN(value.load(ordering: .acquiring)) }
+  func publish(_ lsn: LSN) { value.store(lsn.value, ordering: .releasing) }
 }
 
 /// The reading stage: one thread that owns the replication connection,
-/// decodes pgoutput, turns it into `StreamItem`s (`TransactionAssembler`)
-/// and answers the server. It keeps
-/// reading while the processor commits, up to the queue's capacity.
+/// decodes pgoutput, turns it into `StreamItem`s (`TransactionAssembler`),
+/// keepalives included, and answers the server. It keeps reading while the
+/// handling stage commits, up to the queue's capacity.
 final class StreamReader: @unchecked Sendable {
   let stream: ReplicationConnection
   let queue: BlockingQueue<StreamItem>
-  let ack: SharedAckTracker
+  let confirmed: ConfirmedPosition
   let logger: Logger
   /// Set to end the read loop (shutdown or the processor failed).
   let halt = StopSignal()
   private let finished = DispatchSemaphore(value: 0)
   private(set) var failure: (any Error)?
-  private(set) var lastStatusSent = ContinuousClock.now
+  private var lastStatusSent = ContinuousClock.now
   private var lastFlushSent: LSN
+  /// Highest WAL position received (reported as the "write" position).
+  private var received: LSN
 
-  init(stream: ReplicationConnection, queue: BlockingQueue<StreamItem>, ack: SharedAckTracker, logger: Logger) {
+  init(stream: ReplicationConnection, queue: BlockingQueue<StreamItem>, confirmed: ConfirmedPosition, logger: Logger) {
     self.stream = stream
     self.queue = queue
-    self.ack = ack
+    self.confirmed = confirmed
     self.logger = logger
-    self.lastFlushSent = ack.confirmed
+    self.lastFlushSent = confirmed.lsn
+    self.received = confirmed.lsn
   }
 
   func start() {
@@ -63,11 +67,13 @@ final class StreamReader: @unchecked Sendable {
         if let message = try stream.read(timeoutMilliseconds: 100) {
           switch message {
           case .xLogData(let data):
+            received = max(received, data.walStart)
             let change = try decoder.decode(data)
-            guard try assembler.assemble(change, at: data.walStart, emit: forward) else { return }
+            guard try assembler.assemble(change, at: data.walStart, emit: put) else { return }
           case .keepalive(let keepalive):
-            ack.update { $0.keepalive(walEnd: keepalive.walEnd) }
+            received = max(received, keepalive.walEnd)
             if keepalive.replyRequested { try sendStatus() }
+            guard try put(.keepalive(walEnd: keepalive.walEnd)) else { return }
           }
         }
         try sendStatusIfDue()
@@ -78,43 +84,34 @@ final class StreamReader: @unchecked Sendable {
     queue.close()
   }
 
-  /// Hands an item to the handling stage; begins and commits are registered
-  /// with the ack tracker first, so the processor's `durable` finds them.
-  private func forward(_ item: StreamItem) throws -> Bool {
-    switch item {
-    case .begin: ack.update { $0.began() }
-    case .commit(let end, _, _): ack.update { $0.committed(end: end) }
-    default: break
-    }
-    return try put(item)
-  }
-
   /// Queues an item; while the handling stage is busy (a long batch, a
   /// backfill, retries), keeps sending status updates: the walsender times
   /// out a client it has not heard from in `wal_sender_timeout`.
   private func put(_ item: StreamItem) throws -> Bool {
-    try queue.put(item) { try sendStatus() }
+    if case .commit(let end, _, _) = item { received = max(received, end) }
+    return try queue.put(item) { try sendStatus() }
   }
 
   private func sendStatusIfDue() throws {
     let elapsed = lastStatusSent.duration(to: .now)
-    let confirmed = ack.confirmed
-    if elapsed > .seconds(10) || (confirmed != lastFlushSent && elapsed > .milliseconds(100)) {
+    if elapsed > .seconds(10) || (confirmed.lsn != lastFlushSent && elapsed > .milliseconds(100)) {
       try sendStatus()
     }
   }
 
   private func sendStatus() throws {
-    let update = ack.update { $0.statusUpdate(clientTime: Clock.postgresNow()) }
-    try stream.send(update)
+    let flushed = confirmed.lsn
+    try stream.send(
+      StandbyStatusUpdate(
+        written: max(received, flushed), flushed: flushed, applied: flushed, clientTime: Clock.postgresNow(),
+        replyRequested: false))
     lastStatusSent = .now
-    lastFlushSent = update.flushed
+    lastFlushSent = flushed
   }
 
   /// After the thread ended: report the final position and end the COPY.
   func finish() {
-    let update = ack.update { $0.statusUpdate(clientTime: Clock.postgresNow()) }
-    try? stream.send(update)
+    try? sendStatus()
     stream.stop()
   }
 }

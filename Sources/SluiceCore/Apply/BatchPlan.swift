@@ -284,6 +284,8 @@ public struct StreamPlanner: Sendable {
         pendingMirror.append(change)
       case .ignored:
         plan.ignored += 1
+      case .keepalive:
+        continue
       case .insert(let relation, let row, let lsn):
         // A transaction the mirror already holds was applied whole: each of
         // its events has a ledger row, and judging its rows again by the

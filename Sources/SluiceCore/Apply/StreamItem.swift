@@ -8,6 +8,9 @@ public enum StreamItem: Sendable {
   /// An update, delete or truncate of a source: counted and otherwise ignored.
   case ignored(relation: String, kind: String)
   case commit(endLSN: LSN, commitLSN: LSN, commitTime: PostgresTimestamp)
+  /// The server's keepalive, in stream order: the handling stage, which owns
+  /// the `AckTracker`, confirms its WAL end once everything before it is durable.
+  case keepalive(walEnd: LSN)
 }
 
 extension StreamItem {
