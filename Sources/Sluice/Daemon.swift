@@ -103,7 +103,9 @@ public final class Daemon: @unchecked Sendable {
   }
 
   static func isTransient(_ error: any Error) -> Bool {
-    if error is ReplicationError || error is LedgerConflict || error is SlotLost || error is ServerIsStandby {
+    if error is ReplicationError || error is LedgerConflict || error is SlotLost || error is ServerIsStandby
+      || error is PipelineDesync
+    {
       return true
     }
     guard let error = error as? PostgresError else { return false }
@@ -215,6 +217,7 @@ public final class Daemon: @unchecked Sendable {
       try sql.query("SELECT pg_drop_replication_slot($1)", [slot])
       throw SlotLost(description: "\(error)")
     }
+    processor.synchronousStandbys(try sql.query("SHOW synchronous_standby_names").scalar ?? "")
     warnAboutConfigurationWriters(sql)
     processor.registeredSources = true  // the loop runs any backfill a previous session left pending
     let reader = StreamReader(stream: stream, queue: queue, confirmed: published, logger: logger)
@@ -241,7 +244,11 @@ public final class Daemon: @unchecked Sendable {
     if stop.isSet { notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the batch in flight") }
     reader.stopAndWait()
     if let failure = reader.failure, !stop.isSet { throw failure }
-    try awaitFlush(processor, &ack, published)
+    do {
+      try awaitFlush(processor, &ack, published)
+    } catch {
+      logger.warning("could not read the WAL flush position while stopping", metadata: ["error": "\(error)"])
+    }
     reader.finish()
     confirmed = ack.confirmed
     if stop.isSet { try sql.query("UPDATE sluice.stream_state SET live = false WHERE slot = $1", [slot]) }
@@ -414,7 +421,7 @@ public final class Daemon: @unchecked Sendable {
       if items.isEmpty || lagCheckDue {
         // The stream paused (or the lag is due): read the result of the batch sent ahead.
         acknowledge(try processor.settle())
-        try checkLag(processor.connection)
+        try checkLag(processor)
       }
       if ack.awaitingFlush, items.isEmpty,
         lastFlushCheck.duration(to: .now) >= .milliseconds(Int(Self.flushPollSeconds * 1000))
@@ -503,9 +510,11 @@ public final class Daemon: @unchecked Sendable {
   private var lagCheckDue: Bool { lastLagCheck.duration(to: .now) > .seconds(5) }
 
   /// Every 5 s: how far the slot trails the server, and how much WAL it pins.
-  private func checkLag(_ connection: PGConnection) throws {
+  private func checkLag(_ processor: BatchProcessor) throws {
     guard lagCheckDue else { return }
     lastLagCheck = .now
+    let connection = processor.connection
+    processor.synchronousStandbys(try connection.query("SHOW synchronous_standby_names").scalar ?? "")
     let row = try connection.query(
       """
       SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint
@@ -515,8 +524,15 @@ public final class Daemon: @unchecked Sendable {
     metrics.setLag(bytes: Int(row?[0] ?? "") ?? 0, retained: Int(row?[1] ?? "") ?? 0)
   }
 
-  private static func endsAtCommit(_ items: [StreamItem]) -> Bool {
-    if case .commit = items.last { return true }
+  /// The batch ends at a transaction boundary (keepalives after the commit do not count).
+  static func endsAtCommit(_ items: [StreamItem]) -> Bool {
+    for item in items.reversed() {
+      switch item {
+      case .keepalive: continue
+      case .commit: return true
+      default: return false
+      }
+    }
     return false
   }
 }

@@ -309,28 +309,41 @@ func withOptionalCStringArray<R>(_ strings: [String?], _ body: (UnsafePointer<Un
 /// (`unnest($1::text[])`): one round trip for a batch instead of one per row.
 public enum PGArray {
   public static func literal(_ values: some Sequence<String?>) -> String {
-    // Byte-wise: this runs for every ledger row of every batch.
-    var out: [UInt8] = [UInt8(ascii: "{")]
-    out.reserveCapacity(256)
-    var first = true
-    for value in values {
-      if !first { out.append(UInt8(ascii: ",")) }
-      first = false
-      guard var value else {
-        out.append(contentsOf: "NULL".utf8)
-        continue
-      }
-      out.append(UInt8(ascii: "\""))
-      value.withUTF8 { bytes in
-        for byte in bytes {
-          if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
-          out.append(byte)
-        }
-      }
-      out.append(UInt8(ascii: "\""))
+    var builder = PGArrayBuilder()
+    for value in values { builder.append(value) }
+    return builder.literal
+  }
+}
+
+/// A text-array literal built one element at a time, byte-wise: the ledger
+/// builds a dozen of these for every batch, in one pass over its rows.
+public struct PGArrayBuilder {
+  private var out: [UInt8] = [UInt8(ascii: "{")]
+  private var first = true
+
+  public init(capacity: Int = 256) { out.reserveCapacity(capacity) }
+
+  public mutating func append(_ value: String?) {
+    if !first { out.append(UInt8(ascii: ",")) }
+    first = false
+    guard var value else {
+      out.append(contentsOf: "NULL".utf8)
+      return
     }
-    out.append(UInt8(ascii: "}"))
-    return String(decoding: out, as: UTF8.self)
+    out.append(UInt8(ascii: "\""))
+    value.withUTF8 { bytes in
+      for byte in bytes {
+        if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
+        out.append(byte)
+      }
+    }
+    out.append(UInt8(ascii: "\""))
+  }
+
+  public var literal: String {
+    var bytes = out
+    bytes.append(UInt8(ascii: "}"))
+    return String(decoding: bytes, as: UTF8.self)
   }
 }
 

@@ -109,4 +109,92 @@ import Testing
     #expect(daemon.waitForExit() == 0)
     #expect(try XPFixture.totals(db) == expected)
   }
+
+  /// Found by review: with synchronous standbys configured, the local WAL
+  /// flush says nothing about them, so an asynchronous commit could be
+  /// acknowledged before a standby that may be promoted has it. The daemon
+  /// then commits synchronously: the slot does not pass an event the standby lacks.
+  @Test func synchronousStandbysMakeBatchesWaitForThem() throws {
+    let cluster = try PrivateCluster()
+    defer { cluster.stop() }
+    let admin = try PGConnection(conninfo: cluster.url)
+    defer { admin.close() }
+    try admin.query("CREATE DATABASE standbys")
+    let db = try TestDatabase(url: try TestCluster.databaseURL(cluster.url, "standbys"))
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try createSlot(db)
+    // Configured while the daemon runs (its own start writes, which would wait too).
+    let daemon = try startDaemon(db)
+    try admin.query("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+    try admin.query("SELECT pg_reload_conf()")
+    // The writer does not wait for the (absent) standby; the daemon must.
+    let writer = try PGConnection(conninfo: db.url)
+    defer { writer.close() }
+    try writer.simpleQuery("SET synchronous_commit = local")
+    #expect(try eventually { daemon.standardError.contains("batches commit synchronously") })
+    try writer.query("INSERT INTO xp.actions (id, user_id, type, payload) VALUES ('s1', 'ann', 'award', '{\"xp\": 5}')")
+    let written = try writer.query("SELECT pg_current_wal_lsn()::text").scalar ?? ""
+    // For 3 s the slot must stay behind the event, whose commit waits for the standby.
+    let deadline = Date().addingTimeInterval(3)
+    while Date() < deadline {
+      let passed = try admin.query(
+        "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE database = 'standbys'", [written]
+      ).scalar
+      #expect(passed == "f", "acknowledged an event no synchronous standby has")
+      if passed != "f" { break }
+      usleep(100_000)
+    }
+    try admin.query("ALTER SYSTEM RESET synchronous_standby_names")
+    try admin.query("SELECT pg_reload_conf()")
+    #expect(
+      try eventually(30) {
+        try admin.query(
+          "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE database = 'standbys'", [written]
+        ).scalar == "t"
+      })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
+    #expect(try XPFixture.totals(db) == ["ann": 5])
+  }
+
+  /// Found by review: the apply backend is terminated while a batch sent
+  /// ahead still runs (its last handler sleeps) and the next one is being
+  /// sent. That batch's result was never read, so it must not be taken as
+  /// applied: the next session applies it, once.
+  @Test func aBatchWhoseResultWasNeverReadIsNotAcknowledged() throws {
+    let db = try TestDatabase("unreadbatch")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try XPFixture.handler(
+      db, "slow",
+      """
+      BEGIN
+        IF e->'row'->>'id' = 'a9' THEN PERFORM pg_sleep(2); END IF;
+        INSERT INTO xp.totals VALUES (e->>'actor', 1) ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1;
+      END
+      """)
+    try createSlot(db)
+    try XPFixture.insert(db, (0..<10).map { ("a\($0)", "ann", "slow", 1, nil) })
+    try XPFixture.insert(db, (0..<10).map { ("b\($0)", "ann", "slow", 1, nil) })
+    // One source transaction per batch: begin, ten rows, commit.
+    let daemon = try startDaemon(db, ["SLUICE_BATCH_SIZE": "12"])
+    var terminated = false
+    #expect(
+      try eventually(20) {
+        terminated =
+          try db.scalar(
+            """
+            SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name = 'sluice' AND query LIKE '%slow%'
+              AND wait_event = 'PgSleep'
+            """) == "1"
+        return terminated
+      })
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 20 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
+    #expect(try XPFixture.totals(db) == ["ann": 20])
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'applied'") == "20")
+  }
 }

@@ -42,6 +42,8 @@ final class CommitLog {
   /// Commit without waiting for the WAL flush. Off for backfills: their rows
   /// are older than the slot's position, so nothing would bring them back.
   var asynchronous = true
+  /// Synchronous standbys are configured: every commit waits for them.
+  var waitForStandbys = false
   /// The local WAL insert position read right after the last asynchronous
   /// COMMIT: at or past its commit record's end. Nil until one committed.
   var commitRecord: LSN?
@@ -82,7 +84,9 @@ struct ApplyEnvironment {
   /// handler that relays a remote 08xxx (dblink, postgres_fdw) has failed,
   /// and its connection is fine.
   func mustThrow(_ error: any Error) -> Bool {
-    if error is LedgerConflict || error is EarlierBatchFailed || !connection.isHealthy { return true }
+    if error is LedgerConflict || error is EarlierBatchFailed || error is PipelineDesync || !connection.isHealthy {
+      return true
+    }
     guard let error = error as? PostgresError else { return false }
     return error.sqlState == nil || error.sqlState?.rawValue.hasPrefix("57P") == true
   }
@@ -138,7 +142,7 @@ struct FastStrategy: ApplyStrategy {
     }
     let earlier = commits.unread?.positions
     commits.unread = nil
-    let asynchronous = commits.asynchronous
+    let asynchronous = commits.asynchronous && !commits.waitForStandbys
     do {
       let (result, _) = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
         () throws -> (entries: [LedgerEntry], positions: Int) in
@@ -202,8 +206,14 @@ struct FastStrategy: ApplyStrategy {
       return .committed(result.entries)
     } catch {
       batch.discard()
-      _ = try? connection.exitPipelineMode()
-      environment.rollback()
+      let exited = (try? connection.exitPipelineMode()) != nil
+      if exited { environment.rollback() }
+      if !connection.isHealthy { throw error }
+      // Results read out of step, or an earlier batch's never read: nothing
+      // about what committed can be trusted on this connection.
+      guard exited, !batch.earlierUnread else {
+        throw PipelineDesync(description: "pipeline results could not be read back: \(error)")
+      }
       if let failure = batch.earlierFailure { throw EarlierBatchFailed(failure: failure) }
       if let earlier { commits.positions(batch.captured[earlier], asynchronous: true) }
       if environment.mustThrow(error) { throw error }

@@ -97,6 +97,7 @@ public final class BatchProcessor {
     times.plan += planning.duration(to: .now)
     ignoredChanges += plan.ignored
     if !plan.isEmpty {
+      times.batches += 1
       try apply(
         plan,
         tail: plan.mirrorChanges.map { Ledger.mirror($0, slot: slot) }
@@ -123,6 +124,8 @@ public final class BatchProcessor {
     var started: ContinuousClock.Instant
   }
   private var unsettled: Unsettled?
+  /// Time spent in `settleUnread`.
+  private var settling = Duration.zero
   /// A batch was sent ahead and its result is not read yet.
   var hasUnsettled: Bool { unsettled != nil }
   /// The end LSN of the last source transaction that became final and was not reported yet.
@@ -142,8 +145,13 @@ public final class BatchProcessor {
   private func settleUnread() throws {
     guard let batch = unsettled else { return }
     unsettled = nil
+    let started = ContinuousClock.now
+    defer { settling += started.duration(to: .now) }
     let commits = environment.commits
-    guard let unread = commits.unread else { return finished(batch) }
+    // Its results went with a fast attempt that failed before reading them
+    // (a lost connection): its outcome is unknown, so it is not final. The
+    // next session replays it from the last acknowledged position.
+    guard let unread = commits.unread else { return }
     commits.unread = nil
     do {
       let waiting = ContinuousClock.now
@@ -155,8 +163,12 @@ public final class BatchProcessor {
       commits.positions(unread.batch.captured[unread.positions], asynchronous: true)
     } catch {
       unread.batch.discard()
-      _ = try? connection.exitPipelineMode()
-      environment.rollback()
+      let exited = (try? connection.exitPipelineMode()) != nil
+      if exited { environment.rollback() }
+      if !connection.isHealthy { throw error }
+      guard exited, unread.batch.unread == 0 else {
+        throw PipelineDesync(description: "pipeline results could not be read back: \(error)")
+      }
       if error is LedgerConflict == false, environment.mustThrow(error) { throw error }
       logger.debug("a batch sent ahead failed; redoing it", metadata: ["why": "\(error)"])
       return try apply(batch.plan, tail: batch.tail, leavingUnread: false)
@@ -167,6 +179,21 @@ public final class BatchProcessor {
   private func finished(_ batch: Unsettled) {
     record(batch.entries, since: batch.started)
     if let end = batch.plan.completed { finalThrough = end }
+  }
+
+  /// With synchronous standbys configured (`synchronous_standby_names`), a
+  /// commit is durable only once they have it: the local WAL flush says
+  /// nothing about them, so batches commit synchronously.
+  func synchronousStandbys(_ names: String) {
+    let configured = !names.trimmingCharacters(in: .whitespaces).isEmpty
+    if configured != environment.commits.waitForStandbys {
+      logger.info(
+        configured
+          ? "synchronous standbys are configured: batches commit synchronously"
+          : "no synchronous standbys: batches commit asynchronously, acknowledged once flushed",
+        metadata: ["synchronous_standby_names": "\(names)"])
+    }
+    environment.commits.waitForStandbys = configured
   }
 
   /// The server's WAL flush position now (for asynchronous commits waiting to be acknowledged).
@@ -230,6 +257,7 @@ public final class BatchProcessor {
     into committed: inout [LedgerEntry]
   ) throws -> Bool {
     let looking = ContinuousClock.now
+    let settledBefore = settling
     // Lookups read the ledger: the batch sent before must be final first.
     let replaySuspects = plan.replaySuspects(window)
     if !replaySuspects.isEmpty { try settleUnread() }
@@ -239,8 +267,8 @@ public final class BatchProcessor {
     let owners = try Ledger.owners(ownerSuspects, on: connection)
     let units = plan.units(seen: seen, owners: owners)
     let applying = ContinuousClock.now
-    times.plan += looking.duration(to: applying)
-    times.batches += 1
+    // Reading the batch sent before is waiting (`commitWait`), not planning.
+    times.plan += looking.duration(to: applying) - (settling - settledBefore)
     defer { times.apply += applying.duration(to: .now) }
     let isolated = min(isolateNext, units.count)
     var schedule = ApplySchedule(count: units.count, isolated: isolated, pipelining: pipelining)

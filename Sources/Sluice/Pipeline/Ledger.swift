@@ -70,18 +70,37 @@ enum Ledger {
           AS k(source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event,
                synthetic)
         """,
-      parameters: [
-        PGArray.literal(entries.map(\.event.source)), PGArray.literal(entries.map(\.event.id)),
-        PGArray.literal(entries.map { EventLimits.storable($0.event.type) }),
-        PGArray.literal(entries.map { EventLimits.storable($0.event.actor) }),
-        PGArray.literal(entries.map { $0.ownsKey ? EventLimits.storable($0.event.dedupeKey) : nil }),
-        PGArray.literal(entries.map(\.status.rawValue)),
-        PGArray.literal(entries.map(\.reason)), PGArray.literal(entries.map { String($0.attempts) }),
-        PGArray.literal(entries.map { $0.event.commitLSN?.description }),
-        PGArray.literal(entries.map { $0.event.committedAt.map(PostgresTime.iso8601) }),
-        PGArray.literal(entries.map { $0.status == .dead ? EventRecord.encode($0.event) : nil }),
-        PGArray.literal(entries.map { flag($0.event) }),
-      ], writesLedger: true)
+      parameters: columns(entries).map(\.literal), writesLedger: true)
+  }
+
+  /// The twelve array parameters of `insert`, built in one pass over the
+  /// entries (each entry read once, not once per column).
+  private static func columns(_ entries: [LedgerEntry]) -> [PGArrayBuilder] {
+    var columns = [PGArrayBuilder](repeating: PGArrayBuilder(capacity: 16 * entries.count + 16), count: 12)
+    // Events of one source transaction share their commit time: format it once.
+    var lastTime: (time: PostgresTimestamp, text: String)?
+    for entry in entries {
+      let event = entry.event
+      columns[0].append(event.source)
+      columns[1].append(event.id)
+      columns[2].append(EventLimits.storable(event.type))
+      columns[3].append(EventLimits.storable(event.actor))
+      columns[4].append(entry.ownsKey ? EventLimits.storable(event.dedupeKey) : nil)
+      columns[5].append(entry.status.rawValue)
+      columns[6].append(entry.reason)
+      columns[7].append(String(entry.attempts))
+      columns[8].append(event.commitLSN?.description)
+      var committedAt: String?
+      if let time = event.committedAt {
+        let text = lastTime.flatMap { $0.time == time ? $0.text : nil } ?? PostgresTime.iso8601(time)
+        lastTime = (time, text)
+        committedAt = text
+      }
+      columns[9].append(committedAt)
+      columns[10].append(entry.status == .dead ? EventRecord.encode(event) : nil)
+      columns[11].append(flag(event))
+    }
+    return columns
   }
 
   /// The last resort when an event's ledger row itself cannot be written:

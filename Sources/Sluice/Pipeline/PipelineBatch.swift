@@ -28,6 +28,8 @@ final class PipelineBatch {
   private(set) var generation = 0
   /// A statement of an earlier batch failed (its COMMIT did not happen).
   private(set) var earlierFailure: (any Error)?
+  /// Results of an earlier batch are still unread: its outcome is unknown.
+  private(set) var earlierUnread = false
   var unread: Int { owed.count - head }
   /// Read results every so often, so neither side's socket buffer fills up.
   let syncEvery = 256
@@ -38,6 +40,7 @@ final class PipelineBatch {
   func nextBatch() {
     generation += 1
     earlierFailure = nil
+    earlierUnread = syncsOwed > 0
   }
 
   /// `ledger`: the statement writes ledger rows; a unique violation there is a `LedgerConflict`.
@@ -129,6 +132,7 @@ final class PipelineBatch {
         if failure == nil || (error as? PostgresError)?.isConnectionLoss == true { failure = error }
       }
     }
+    earlierUnread = false
     if head > 1024 || head == owed.count {
       owed.removeFirst(head)
       head = 0
@@ -151,6 +155,12 @@ final class PipelineBatch {
 struct FastPathAbort: Error, CustomStringConvertible {
   var reason: String
   var description: String { "fast path abandoned: \(reason)" }
+}
+
+/// The results of a pipeline could not be read back as sent: the session
+/// starts over on a new connection, from the last acknowledged position.
+struct PipelineDesync: Error, CustomStringConvertible {
+  var description: String
 }
 
 /// The batch before, whose COMMIT was sent without waiting, failed: it is
