@@ -26,6 +26,9 @@ let package = Package(
       pkgConfig: "libpq",
       providers: [.apt(["libpq-dev"])]
     ),
+    // libcurl (HTTP client for webhooks) and libcrypto (HMAC-SHA256), as libpq is used.
+    .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+    .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
     // The SQL migrations in sql/, embedded in the binary.
     .target(
       name: "SluiceSchema",
@@ -33,7 +36,7 @@ let package = Package(
       exclude: ["examples", "roles.sql"],
       resources: [
         .embedInCode("001_schema.sql"), .embedInCode("002_ledger_high_water.sql"),
-        .embedInCode("003_poison_and_limits.sql"),
+        .embedInCode("003_poison_and_limits.sql"), .embedInCode("004_outbox.sql"),
       ]
     ),
     // Pure: decides, never touches a socket, the clock or the environment.
@@ -44,11 +47,13 @@ let package = Package(
       dependencies: ["CLibPQ", "SluiceCore"],
       swiftSettings: upcoming
     ),
+    // The only module that imports libcurl and libcrypto: webhook deliveries.
+    .target(name: "SluiceHTTP", dependencies: ["CCurl", "CCrypto", "SluiceCore"], swiftSettings: upcoming),
     // Public API for handler authors and the daemon's assembly.
     .target(
       name: "Sluice",
       dependencies: [
-        "SluiceCore", "SluicePostgres", "SluiceSchema",
+        "SluiceCore", "SluicePostgres", "SluiceSchema", "SluiceHTTP",
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: upcoming
@@ -75,7 +80,7 @@ let package = Package(
     .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], swiftSettings: upcoming),
     .testTarget(
       name: "SluiceTests",
-      dependencies: ["Sluice", "SluicePostgres", "SluiceCore", "SluiceExamples"],
+      dependencies: ["Sluice", "SluicePostgres", "SluiceCore", "SluiceExamples", "SluiceHTTP"],
       swiftSettings: upcoming
     ),
   ]

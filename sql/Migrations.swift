@@ -19,5 +19,6 @@ public enum SchemaMigrations {
     Migration(
       version: 3, name: "003_poison_and_limits",
       sql: String(decoding: PackageResources._03_poison_and_limits_sql, as: UTF8.self)),
+    Migration(version: 4, name: "004_outbox", sql: String(decoding: PackageResources._04_outbox_sql, as: UTF8.self)),
   ]
 }

@@ -29,6 +29,12 @@ GRANT SELECT ON sluice.sources, sluice.permission_rules, sluice.actor_roles, slu
 GRANT SELECT, INSERT, UPDATE ON sluice.event_log, sluice.stream_state TO sluice_daemon;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.policy_mirror, sluice.attempts, sluice.pending_backfills TO sluice_daemon;
 GRANT EXECUTE ON FUNCTION sluice.reject(text) TO sluice_daemon;
+-- Webhooks (SPEC section 9): read the endpoints, queue and send deliveries.
+GRANT SELECT ON sluice.endpoints TO sluice_daemon;
+GRANT SELECT, INSERT, UPDATE ON sluice.outbox TO sluice_daemon;
+GRANT USAGE ON SEQUENCE sluice.outbox_id_seq TO sluice_daemon;
+GRANT EXECUTE ON FUNCTION sluice.emit(text, jsonb), sluice.queue_delivery(text, jsonb, text, text, text, text)
+  TO sluice_daemon;
 
 -- The examples, when installed: read the sources, write the derived state.
 DO $$

@@ -9,6 +9,13 @@ enum Clock {
     clock_gettime(CLOCK_REALTIME, &spec)
     return PostgresTime.fromUnix(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
   }
+
+  /// Milliseconds since 1970 UTC: when deliveries fall due, and their `webhook-timestamp`.
+  static func unixMilliseconds() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
+  }
 }
 
 extension Duration {

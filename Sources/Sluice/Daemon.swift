@@ -136,6 +136,14 @@ public final class Daemon: @unchecked Sendable {
       throw StartupError("the database's encoding is SQL_ASCII: Sluice needs a database with a real encoding (UTF8)")
     }
     guard try waitForLock(sql) else { return }
+    // The slot's holder, and only it, sends webhook deliveries, beside the stream.
+    let deliverer = try OutboxDeliverer(
+      conninfo: url,
+      rules: DeliveryRules(
+        maxAttempts: configuration.outboxMaxAttempts, backoffMilliseconds: configuration.outboxBackoffMilliseconds),
+      logger: logger, metrics: metrics)
+    deliverer.start()
+    defer { deliverer.stopAndWait() }
 
     let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice")
     defer { stream.close() }
@@ -236,7 +244,7 @@ public final class Daemon: @unchecked Sendable {
     var ack = AckTracker(confirmed: start)
     defer { logStageTimes(queue, processor) }
     do {
-      try handleLoop(queue, processor, &ack, published)
+      try handleLoop(queue, processor, &ack, published, deliverer)
     } catch {
       reader.stopAndWait()
       throw error
@@ -395,12 +403,14 @@ public final class Daemon: @unchecked Sendable {
   /// queue in stream order, and what is durable is published for the reader.
   private func handleLoop(
     _ queue: BlockingQueue<StreamItem>, _ processor: BatchProcessor, _ ack: inout AckTracker,
-    _ published: ConfirmedPosition
+    _ published: ConfirmedPosition, _ deliverer: OutboxDeliverer
   ) throws {
     let batchSize = configuration.batchSize
     let fillTimeout = Double(configuration.batchTimeoutMilliseconds) / 1000
     var lastFlushCheck = ContinuousClock.now
     func acknowledge(_ applied: BatchProcessor.Applied) {
+      // A batch committed: any deliveries it queued can go now.
+      if applied.completed != nil { deliverer.poke() }
       if let end = applied.completed {
         if let record = applied.commitRecord {
           ack.committedLocally(through: end, commitRecord: record)

@@ -52,16 +52,35 @@ public protocol BatchEventHandler: EventHandler {
 public final class HandlerContext {
   let connection: PGConnection
   let pipeline: PipelineBatch?
+  /// The event being handled; nil for a batch handler's context (it names the event to `emit`).
+  let event: Event?
   /// In a pipeline: open a savepoint before the first statement.
   let pipelinedSavepoint: Bool
   private(set) var savepointOpen = false
   /// Statements this event has run or queued.
   private(set) var statements = 0
 
-  init(connection: PGConnection, pipeline: PipelineBatch? = nil, savepoint: Bool = false) {
+  init(connection: PGConnection, pipeline: PipelineBatch? = nil, savepoint: Bool = false, event: Event? = nil) {
     self.connection = connection
     self.pipeline = pipeline
     self.pipelinedSavepoint = savepoint
+    self.event = event
+  }
+
+  /// Queues a delivery of `body` (JSON text) to an endpoint of
+  /// `sluice.endpoints`, in this event's transaction: it is sent once the
+  /// batch commits, and never if the event is rejected or fails (SPEC
+  /// section 9). An unknown endpoint fails the handler.
+  public func emit(endpoint: String, body: String) throws {
+    guard let event else { throw EmitOutsideEvent() }
+    try emit(endpoint: endpoint, body: body, for: event)
+  }
+
+  /// `emit` for a batch handler, which names the event the delivery belongs to.
+  public func emit(endpoint: String, body: String, for event: Event) throws {
+    try execute(
+      "SELECT sluice.queue_delivery($1, $2::jsonb, $3, \(Ledger.ledgerID("$4", "$7")), $5, $6)",
+      [endpoint, body, event.source, event.id, event.type, event.actor, Ledger.flag(event)])
   }
 
   /// Runs a statement with bound parameters and returns its rows.
@@ -119,13 +138,58 @@ public struct SQLFunctionHandler: EventHandler {
     self.function = function
   }
 
+  /// The event is named in the transaction-local setting `sluice.event`
+  /// while the function runs (for `sluice.emit`), and only then: the
+  /// targets of one SELECT are evaluated in order.
   public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
-    try context.execute("SELECT \(Self.quotedFunctionName(function))($1::jsonb)", [event.json()])
+    try context.execute(
+      """
+      SELECT set_config('sluice.event', $2, true), \(Self.quotedFunctionName(function))($1::jsonb),
+        set_config('sluice.event', '', true)
+      """, [event.json(), Self.emitContext(event)])
     return .applied
+  }
+
+  /// What `sluice.emit` needs to know of the event.
+  static func emitContext(_ event: Event) -> String {
+    var writer = JSONWriter(capacity: 128)
+    writer.raw("{")
+    writer.key("source")
+    writer.string(event.source)
+    writer.raw(",")
+    writer.key("id")
+    writer.string(event.id)
+    writer.raw(event.idIsSynthetic ? ",\"synthetic\":true," : ",")
+    writer.key("type")
+    writer.string(event.type)
+    writer.raw(",")
+    writer.key("actor")
+    if let actor = event.actor { writer.string(actor) } else { writer.raw("null") }
+    writer.raw("}")
+    return String(decoding: writer.bytes, as: UTF8.self)
   }
 
   /// `shop.apply_restock` → `"shop"."apply_restock"`: the name is quoted, never spliced raw.
   public static func quotedFunctionName(_ name: String) -> String { PGConnection.quoteQualified(name) }
+}
+
+/// `sluice.add_webhook`: sends the event, as SQL handlers receive it, to an
+/// endpoint. Applied once queued.
+struct WebhookHandler: EventHandler {
+  let eventType: String
+  let endpoint: String
+
+  func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    try context.emit(endpoint: endpoint, body: event.json(), for: event)
+    return .applied
+  }
+}
+
+/// `context.emit(endpoint:body:)` in a batch handler, which has no one event.
+public struct EmitOutsideEvent: Error, CustomStringConvertible {
+  public var description: String {
+    "context.emit(endpoint:body:) needs one event: a batch handler calls emit(endpoint:body:for:)"
+  }
 }
 
 /// The Swift handlers compiled into a daemon, by event type (byte-wise).

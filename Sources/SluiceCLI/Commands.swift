@@ -28,7 +28,7 @@ struct SluiceCommand: ParsableCommand {
     version: SluiceVersion.current,
     subcommands: [
       RunCommand.self, MigrateCommand.self, StatusCommand.self, CheckCommand.self, DeadLetterCommand.self,
-      BackfillCommand.self, TailCommand.self,
+      BackfillCommand.self, TailCommand.self, OutboxCommand.self,
     ]
   )
 }
@@ -218,6 +218,85 @@ struct DeadLetterCommand: ParsableCommand {
         throw ExitCode(1)
       }
       print("discarded \(count) event(s)")
+    }
+  }
+}
+
+struct OutboxCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "outbox", abstract: "Webhook deliveries: list pending and dead ones, retry, discard.",
+    subcommands: [List.self, Retry.self, Discard.self])
+
+  struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "List dead and pending deliveries (the oldest 1,000 of each), never URLs or secrets.")
+    @Flag(help: "One JSON object per line.") var json = false
+
+    func run() throws {
+      let config = loadConfiguration()
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+      let deliveries = try reportingFailure("outbox list") { try operations.outboxDeliveries() }
+      if json {
+        for delivery in deliveries {
+          var writer = JSONWriter()
+          writer.object([
+            ("id", .int(delivery.id)), ("endpoint", .text(delivery.endpoint)), ("status", .text(delivery.status)),
+            ("webhook_id", .text(delivery.idempotencyKey)), ("event_type", .text(delivery.eventType)),
+            ("attempts", .int(Int64(delivery.attempts))),
+            ("next_attempt_at", delivery.nextAttemptAt.map(ColumnValue.text) ?? .null),
+            ("last_status", delivery.lastStatus.map { .int(Int64($0)) } ?? .null),
+            ("last_error", delivery.lastError.map(ColumnValue.text) ?? .null),
+            ("created_at", delivery.createdAt.map(ColumnValue.text) ?? .null),
+          ])
+          print(String(decoding: writer.bytes, as: UTF8.self))
+        }
+      } else if deliveries.isEmpty {
+        print("no pending or dead deliveries")
+      } else {
+        for delivery in deliveries {
+          print(
+            "\(delivery.id)\t\(delivery.status)\t\(delivery.endpoint)\t\(delivery.idempotencyKey)\tattempts=\(delivery.attempts)\t\(delivery.lastError ?? "")"
+          )
+        }
+      }
+    }
+  }
+
+  struct Retry: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Send a dead delivery again, its attempts reset (or a pending one now).")
+    @Argument(help: "The delivery's id (outbox list).") var id: Int64?
+    @Flag(help: "Retry every dead delivery.") var all = false
+
+    func validate() throws {
+      if (id == nil) == !all { throw ValidationError("give a delivery id or --all") }
+    }
+
+    func run() throws {
+      let config = loadConfiguration()
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+      let count = try reportingFailure("outbox retry") { try operations.retryDeliveries(id: id) }
+      if let id, count == 0 {
+        printError("sluice outbox retry: no pending or dead delivery with id \(id)")
+        throw ExitCode(1)
+      }
+      print("\(count) delivery(ies) pending again")
+    }
+  }
+
+  struct Discard: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Give up on a pending or dead delivery: it is deleted.")
+    @Argument(help: "The delivery's id (outbox list).") var id: Int64
+
+    func run() throws {
+      let config = loadConfiguration()
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+      let count = try reportingFailure("outbox discard") { try operations.discardDelivery(id: id) }
+      guard count > 0 else {
+        printError("sluice outbox discard: no pending or dead delivery with id \(id)")
+        throw ExitCode(1)
+      }
+      print("discarded delivery \(id)")
     }
   }
 }

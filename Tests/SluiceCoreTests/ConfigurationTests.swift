@@ -16,6 +16,9 @@ import Testing
     #expect(config.logLevel == .info)
     #expect(config.logFormat == .text)
     #expect(config.handlerTimeoutMilliseconds == 10_000)
+    #expect(config.outboxMaxAttempts == 10)
+    #expect(config.outboxBackoffMilliseconds == 1000)
+    #expect(config.retentionIntervalSeconds == 60)
   }
 
   @Test func readsEveryVariable() throws {
@@ -23,8 +26,12 @@ import Testing
       environment: url.merging([
         "SLUICE_SLOT": "s2", "SLUICE_PUBLICATION": "p2", "SLUICE_BATCH_SIZE": "50", "SLUICE_BATCH_TIMEOUT_MS": "0",
         "SLUICE_MAX_ATTEMPTS": "3", "SLUICE_METRICS_ADDR": "off", "SLUICE_LOG_LEVEL": "DEBUG",
-        "SLUICE_LOG_FORMAT": "json", "SLUICE_HANDLER_TIMEOUT_MS": "1500",
+        "SLUICE_LOG_FORMAT": "json", "SLUICE_HANDLER_TIMEOUT_MS": "1500", "SLUICE_OUTBOX_MAX_ATTEMPTS": "4",
+        "SLUICE_OUTBOX_BACKOFF_MS": "250", "SLUICE_RETENTION_INTERVAL_S": "0",
       ]) { $1 })
+    #expect(config.outboxMaxAttempts == 4)
+    #expect(config.outboxBackoffMilliseconds == 250)
+    #expect(config.retentionIntervalSeconds == 0)
     #expect(config.handlerTimeoutMilliseconds == 1500)
     #expect(config.slot == "s2")
     #expect(config.publication == "p2")
@@ -47,6 +54,8 @@ import Testing
     ("SLUICE_HANDLER_TIMEOUT_MS", "0"), ("SLUICE_HANDLER_TIMEOUT_MS", "10s"),
     ("SLUICE_METRICS_ADDR", "9464"), ("SLUICE_METRICS_ADDR", "host:"), ("SLUICE_METRICS_ADDR", "host:70000"),
     ("SLUICE_LOG_LEVEL", "loud"), ("SLUICE_LOG_FORMAT", "xml"),
+    ("SLUICE_OUTBOX_MAX_ATTEMPTS", "0"), ("SLUICE_OUTBOX_BACKOFF_MS", "0"), ("SLUICE_OUTBOX_BACKOFF_MS", "1s"),
+    ("SLUICE_RETENTION_INTERVAL_S", "-1"), ("SLUICE_RETENTION_INTERVAL_S", "1m"),
   ])
   func malformedVariableIsNamed(_ variable: String, _ value: String) {
     var environment = url

@@ -31,7 +31,20 @@ public final class Metrics: Sendable {
     var reconnects = 0
     var ignoredChanges = 0
     var streaming = false
+    /// Webhook deliveries by endpoint name and result (delivered, retried, dead); attempt durations.
+    var deliveries: [Delivery: Int] = [:]
+    var deliverySeconds: [String: Histogram] = [:]
+    var outboxPending = 0
+    var outboxDead = 0
+    var outboxOldestPendingSeconds = 0.0
   }
+
+  struct Delivery: Hashable {
+    var endpoint: String
+    var result: String
+  }
+
+  static let deliveryBounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
   struct Pair: Hashable {
     var type: String
@@ -68,6 +81,22 @@ public final class Metrics: Sendable {
     }
   }
 
+  /// One delivery attempt ended. The label is the endpoint's name, never its URL.
+  func deliveryFinished(endpoint: String, result: String, seconds: Double) {
+    state.withLock { state in
+      state.deliveries[Delivery(endpoint: endpoint, result: result), default: 0] += 1
+      state.deliverySeconds[endpoint, default: Histogram(Self.deliveryBounds)].observe(seconds)
+    }
+  }
+
+  func setOutbox(pending: Int, dead: Int, oldestPendingSeconds: Double) {
+    state.withLock {
+      $0.outboxPending = pending
+      $0.outboxDead = dead
+      $0.outboxOldestPendingSeconds = oldestPendingSeconds
+    }
+  }
+
   func reconnected() { state.withLock { $0.reconnects += 1 } }
   func setStreaming(_ streaming: Bool) { state.withLock { $0.streaming = streaming } }
   var lagBytes: Int { state.withLock { $0.lagBytes } }
@@ -82,13 +111,18 @@ public final class Metrics: Sendable {
     for (pair, count) in state.events.sorted(by: { ($0.key.type, $0.key.status) < ($1.key.type, $1.key.status) }) {
       out += "sluice_events_total{type=\"\(Self.escape(pair.type))\",status=\"\(pair.status)\"} \(count)\n"
     }
+    func series(_ name: String, _ histogram: Histogram, labels: String = "") {
+      let prefix = labels.isEmpty ? "" : labels + ","
+      let braces = labels.isEmpty ? "" : "{\(labels)}"
+      for (bound, count) in zip(histogram.bounds, histogram.counts) {
+        out += "\(name)_bucket{\(prefix)le=\"\(bound)\"} \(count)\n"
+      }
+      out += "\(name)_bucket{\(prefix)le=\"+Inf\"} \(histogram.count)\n"
+      out += "\(name)_sum\(braces) \(histogram.sum)\n\(name)_count\(braces) \(histogram.count)\n"
+    }
     func histogram(_ name: String, _ help: String, _ histogram: Histogram) {
       header(name, "histogram", help)
-      for (bound, count) in zip(histogram.bounds, histogram.counts) {
-        out += "\(name)_bucket{le=\"\(bound)\"} \(count)\n"
-      }
-      out +=
-        "\(name)_bucket{le=\"+Inf\"} \(histogram.count)\n\(name)_sum \(histogram.sum)\n\(name)_count \(histogram.count)\n"
+      series(name, histogram)
     }
     histogram("sluice_batch_duration_seconds", "Time to apply and commit one batch.", state.batchSeconds)
     histogram(
@@ -107,6 +141,25 @@ public final class Metrics: Sendable {
     out += "sluice_reconnects_total \(state.reconnects)\n"
     header("sluice_streaming", "gauge", "1 while this daemon streams the slot, 0 on standby.")
     out += "sluice_streaming \(state.streaming ? 1 : 0)\n"
+    header(
+      "sluice_outbox_deliveries_total", "counter",
+      "Webhook delivery attempts by endpoint name and result (delivered, retried, dead).")
+    for (key, count) in state.deliveries.sorted(by: {
+      ($0.key.endpoint, $0.key.result) < ($1.key.endpoint, $1.key.result)
+    }) {
+      out +=
+        "sluice_outbox_deliveries_total{endpoint=\"\(Self.escape(key.endpoint))\",result=\"\(key.result)\"} \(count)\n"
+    }
+    header("sluice_outbox_delivery_seconds", "histogram", "Time of one delivery attempt, by endpoint name.")
+    for (endpoint, histogram) in state.deliverySeconds.sorted(by: { $0.key < $1.key }) {
+      series("sluice_outbox_delivery_seconds", histogram, labels: "endpoint=\"\(Self.escape(endpoint))\"")
+    }
+    header("sluice_outbox_pending", "gauge", "Webhook deliveries waiting to be sent (refreshed every 10 s).")
+    out += "sluice_outbox_pending \(state.outboxPending)\n"
+    header("sluice_outbox_dead", "gauge", "Webhook deliveries that are dead (refreshed every 10 s).")
+    out += "sluice_outbox_dead \(state.outboxDead)\n"
+    header("sluice_outbox_oldest_pending_seconds", "gauge", "Age of the oldest pending webhook delivery.")
+    out += "sluice_outbox_oldest_pending_seconds \(state.outboxOldestPendingSeconds)\n"
     return out
   }
 

@@ -103,10 +103,13 @@ public struct Operations {
     guard let text = row[0], let event = EventRecord.decode(text) else {
       return (.dead, "no record of the event was kept (dead before Sluice recorded events): discard it")
     }
-    let function = try connection.query("SELECT function FROM sluice.handlers WHERE event_type = $1", [event.type])
-      .scalar
+    let handlerRow = try connection.query(
+      "SELECT function, endpoint FROM sluice.handlers WHERE event_type = $1", [event.type]
+    )
+    .rows.first
+    let sqlHandler = Policy.SQLHandler(function: handlerRow?[0] ?? nil, endpoint: handlerRow?[1] ?? nil)
     let choice: HandlerChoice? =
-      registry.catalog.choice(for: event.type, in: Policy()) ?? function.map { .sql(function: $0) }
+      registry.catalog.choice(for: event.type, in: Policy()) ?? sqlHandler.map(HandlerChoice.init)
     guard let choice else { return (.dead, "no handler for \(event.type)") }
     let unit = ApplyUnit(event: event, work: .handle(choice), metricLabel: event.type)
     let careful = CarefulStrategy(environment: environment)

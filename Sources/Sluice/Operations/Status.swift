@@ -14,6 +14,14 @@ public struct StatusReport: Sendable {
   public var retainedWALBytes: Int?
   public var counts: [String: Int]
   public var dead: [Operations.DeadEvent]
+  public var outbox: Outbox
+
+  /// Webhook deliveries (SPEC section 9).
+  public struct Outbox: Sendable {
+    public var pending: Int
+    public var dead: Int
+    public var oldestPendingSeconds: Double?
+  }
 
   public func json() -> String {
     var writer = JSONWriter()
@@ -44,7 +52,13 @@ public struct StatusReport: Sendable {
         ("reason", optional(event.reason, ColumnValue.text)),
       ])
     }
-    writer.raw("]}")
+    writer.raw("],")
+    writer.key("outbox")
+    writer.object([
+      ("pending", .int(Int64(outbox.pending))), ("dead", .int(Int64(outbox.dead))),
+      ("oldest_pending_seconds", optional(outbox.oldestPendingSeconds, ColumnValue.float)),
+    ])
+    writer.raw("}")
     return String(decoding: writer.bytes, as: UTF8.self)
   }
 
@@ -66,6 +80,9 @@ public struct StatusReport: Sendable {
       lines.append("dead       \(event.source)/\(event.eventID) \(event.eventType ?? ""): \(event.reason ?? "")")
     }
     if dead.count > 20 { lines.append("dead       … \(dead.count - 20) more: sluice dlq list") }
+    lines.append(
+      "outbox     pending \(outbox.pending), dead \(outbox.dead)"
+        + (outbox.oldestPendingSeconds.map { ", oldest pending \(format2($0)) s" } ?? ""))
     return lines.joined(separator: "\n")
   }
 
@@ -99,7 +116,7 @@ extension Operations {
       streaming: slot?[0] == "t", streamingPID: slot.flatMap { $0[1] }.flatMap { Int($0) },
       confirmedLSN: slot.flatMap { $0[2] }, lagBytes: lagBytes, lagSeconds: lagSeconds,
       retainedWALBytes: slot.flatMap { $0[4] }.flatMap { Int($0) }, counts: counts,
-      dead: try deadEvents())
+      dead: try deadEvents(), outbox: try Self.outboxSummary(connection))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may

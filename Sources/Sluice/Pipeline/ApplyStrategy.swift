@@ -76,6 +76,7 @@ struct ApplyEnvironment {
     switch choice {
     case .swift: registry.handler(for: type)
     case .sql(let function): SQLFunctionHandler(eventType: type, function: function)
+    case .webhook(let endpoint): WebhookHandler(eventType: type, endpoint: endpoint)
     }
   }
 
@@ -226,7 +227,8 @@ struct FastStrategy: ApplyStrategy {
       return unit.entry(.dead, reason: "no handler for \(unit.event.type)", attempts: 0)
     }
     let guarded = environment.guards.savepointTypes.contains(Bytewise(unit.event.type))
-    let context = HandlerContext(connection: environment.connection, pipeline: batch, savepoint: guarded)
+    let context = HandlerContext(
+      connection: environment.connection, pipeline: batch, savepoint: guarded, event: unit.event)
     switch try handler.handle(unit.event, in: context) {
     case .applied:
       try context.commit()
@@ -285,7 +287,7 @@ struct CarefulStrategy: ApplyStrategy {
           entries.append(unit.entry(.dead, reason: "no handler for \(unit.event.type)", attempts: 0))
           continue
         }
-        let context = HandlerContext(connection: connection)
+        let context = HandlerContext(connection: connection, event: unit.event)
         do {
           let (outcome, timedOut) = try environment.deadline.run(milliseconds: environment.handlerTimeoutMilliseconds) {
             try handler.handle(unit.event, in: context)

@@ -9,6 +9,17 @@ public enum HandlerChoice: Sendable, Equatable {
   case swift(batchCapable: Bool)
   /// A SQL function from `sluice.handlers`.
   case sql(function: String)
+  /// `sluice.add_webhook`: the event is queued for delivery to an endpoint.
+  case webhook(endpoint: String)
+}
+
+extension HandlerChoice {
+  public init(_ handler: Policy.SQLHandler) {
+    switch handler {
+    case .function(let function): self = .sql(function: function)
+    case .webhook(let endpoint): self = .webhook(endpoint: endpoint)
+    }
+  }
 }
 
 /// The Swift handlers a daemon carries, by type (true: batch-capable).
@@ -22,7 +33,7 @@ public struct HandlerCatalog: Sendable {
 
   public func choice(for type: String, in policy: Policy) -> HandlerChoice? {
     if let batchCapable = swift[Bytewise(type)] { return .swift(batchCapable: batchCapable) }
-    return policy.handlerFunction(for: type).map { .sql(function: $0) }
+    return policy.sqlHandler(for: type).map(HandlerChoice.init)
   }
 
   /// The `type` label of metrics: the type when the configuration names it

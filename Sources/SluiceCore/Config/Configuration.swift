@@ -16,6 +16,11 @@ public struct Configuration: Sendable, Equatable {
   public var maxAttempts: Int = 5
   /// Longest one handler attempt may run (SPEC section 8).
   public var handlerTimeoutMilliseconds: Int = 10_000
+  /// Webhook delivery attempts before `dead`, and the first retry's delay (SPEC section 9).
+  public var outboxMaxAttempts: Int = 10
+  public var outboxBackoffMilliseconds: Int = 1000
+  /// How often retention runs; 0 = never (SPEC section 10).
+  public var retentionIntervalSeconds: Int = 60
   /// nil when metrics are `off`.
   public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9464)
   public var logLevel: LogLevel = .info
@@ -60,6 +65,9 @@ public struct Configuration: Sendable, Equatable {
     if let timeout = try integer("SLUICE_BATCH_TIMEOUT_MS", 0...60_000) { batchTimeoutMilliseconds = timeout }
     if let attempts = try integer("SLUICE_MAX_ATTEMPTS", 1...1000) { maxAttempts = attempts }
     if let timeout = try integer("SLUICE_HANDLER_TIMEOUT_MS", 1...3_600_000) { handlerTimeoutMilliseconds = timeout }
+    if let attempts = try integer("SLUICE_OUTBOX_MAX_ATTEMPTS", 1...1000) { outboxMaxAttempts = attempts }
+    if let backoff = try integer("SLUICE_OUTBOX_BACKOFF_MS", 1...600_000) { outboxBackoffMilliseconds = backoff }
+    if let interval = try integer("SLUICE_RETENTION_INTERVAL_S", 0...86_400) { retentionIntervalSeconds = interval }
     if let address = try value("SLUICE_METRICS_ADDR") {
       if address == "off" {
         metricsAddress = nil

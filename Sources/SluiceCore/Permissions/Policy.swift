@@ -47,16 +47,33 @@ public struct Policy: Sendable, Equatable {
   private var grantsByActor: [Bytewise: Set<Bytewise>] = [:]
   /// event type ('*' included) → rule id → role: what `evaluate` needs, without scanning every rule.
   private var rulesByType: [Bytewise: [Bytewise: Bytewise]] = [:]
-  /// event type → SQL function (`sluice.handlers`).
-  public private(set) var handlers: [Bytewise: String] = [:]
+  /// A row of `sluice.handlers`: a SQL function, or "send the event to this endpoint" (`sluice.add_webhook`).
+  public enum SQLHandler: Sendable, Equatable {
+    case function(String)
+    case webhook(endpoint: String)
+
+    /// From a row's `function` and `endpoint` columns (exactly one is set).
+    public init?(function: String?, endpoint: String?) {
+      if let function {
+        self = .function(function)
+      } else if let endpoint {
+        self = .webhook(endpoint: endpoint)
+      } else {
+        return nil
+      }
+    }
+  }
+
+  /// event type → SQL handler (`sluice.handlers`).
+  public private(set) var handlers: [Bytewise: SQLHandler] = [:]
 
   public init() {}
 
   /// The mapping of a source table (`schema.table`), if it is one.
   public func source(_ relation: String) -> SourceMapping? { sources[Bytewise(relation)] }
 
-  /// The SQL function registered for an event type.
-  public func handlerFunction(for type: String) -> String? { handlers[Bytewise(type)] }
+  /// The SQL handler registered for an event type.
+  public func sqlHandler(for type: String) -> SQLHandler? { handlers[Bytewise(type)] }
 
   /// True when a rule names the type itself (not '*') or a SQL handler is
   /// registered for it: such types are the configuration's, not a client's.
@@ -100,8 +117,7 @@ public struct Policy: Sendable, Equatable {
         grants[key] = Grant(actor: actor, role: role, scope: text("scope"))
         grantsByActor[Bytewise(actor), default: []].insert(key)
       case .handlers:
-        guard let function = text("function") else { return }
-        handlers[key] = function
+        handlers[key] = SQLHandler(function: text("function"), endpoint: text("endpoint"))
       }
     }
   }

@@ -5,9 +5,11 @@ public struct Backoff: Sendable, Equatable {
   public var capMilliseconds: Int
   public private(set) var attempt = 0
 
-  public init(baseMilliseconds: Int = 200, capMilliseconds: Int = 10_000) {
+  /// `attempt`: how many waits came before the next one.
+  public init(baseMilliseconds: Int = 200, capMilliseconds: Int = 10_000, attempt: Int = 0) {
     self.baseMilliseconds = baseMilliseconds
     self.capMilliseconds = capMilliseconds
+    self.attempt = max(0, attempt)
   }
 
   /// The longest wait of the next attempt, before jitter.

@@ -19,4 +19,18 @@ struct CrashOnMark: EventHandler {
   }
 }
 
-SluiceCLI.main(handlers: [CrashOnMark()])
+/// `swift_emit`: queues a webhook delivery from a Swift handler
+/// (`context.emit`) to the endpoint the payload names, then rejects if the
+/// payload says so (its delivery must then never be sent).
+struct EmitFromSwift: EventHandler {
+  let eventType = "swift_emit"
+
+  func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    let endpoint = event.payload?["endpoint"]?.string ?? "edge"
+    try context.emit(endpoint: endpoint, body: #"{"from": "swift", "actor": "\#(event.actor ?? "")"}"#)
+    if event.payload?["reject"] != nil { return .rejected("asked to reject") }
+    return .applied
+  }
+}
+
+SluiceCLI.main(handlers: [CrashOnMark(), EmitFromSwift()])

@@ -1,0 +1,367 @@
+import Foundation
+import Logging
+import SluiceCore
+import SluiceHTTP
+import SluicePostgres
+import Synchronization
+
+/// Sends the outbox's pending deliveries (SPEC section 9), on a thread and
+/// a connection of its own beside the event stream, which it never holds
+/// back. The daemon runs one while it holds the slot; across processes and
+/// slots, an advisory lock lets one deliverer per database send.
+///
+/// Per endpoint, a `DeliveryScheduler` holds a window of pending deliveries
+/// read in pages and decides which go next; libcurl's multi interface sends
+/// them, many at once from this one thread. Outcomes are written back in
+/// batches with `synchronous_commit = off`: an outcome lost in a crash only
+/// repeats a delivery under the same webhook-id (at least once, never lost).
+final class OutboxDeliverer: @unchecked Sendable {
+  struct Endpoint: Sendable {
+    var url: String
+    var secret: WebhookSecret?
+    var timeoutMilliseconds: Int
+    var maxInFlight: Int
+  }
+
+  /// A delivery on the wire.
+  private struct Flight {
+    var endpoint: String
+    var entry: OutboxEntry
+  }
+
+  /// An outcome to write back.
+  private struct Outcome {
+    var id: Int64
+    var status: String
+    var attempts: Int
+    var lastStatus: Int?
+    var lastError: String?
+    var nextAttemptAt: Int64?
+  }
+
+  private let conninfo: String
+  private let rules: DeliveryRules
+  private let logger: Logger
+  private let metrics: Metrics
+  private let transfers: HTTPTransfers
+  private let stopping = Atomic<Bool>(false)
+  private let poked = Atomic<Bool>(true)
+  private let done = DispatchSemaphore(value: 0)
+  private var started = false
+
+  // The delivering thread's own state.
+  private var endpoints: [String: Endpoint] = [:]
+  private var schedulers: [String: DeliveryScheduler] = [:]
+  private var flights: [Int64: Flight] = [:]
+  private var outcomes: [Outcome] = []
+
+  /// Pending deliveries held in memory per endpoint.
+  static let window = 10_000
+  static let pageSize = 1000
+  /// On a stop, how long deliveries in flight may take to finish.
+  static let stopGraceMilliseconds = 2000
+
+  init(conninfo: String, rules: DeliveryRules, logger: Logger, metrics: Metrics) throws {
+    self.conninfo = conninfo
+    self.rules = rules
+    self.logger = logger
+    self.metrics = metrics
+    self.transfers = try HTTPTransfers()
+  }
+
+  func start() {
+    started = true
+    let thread = Thread { [self] in
+      run()
+      done.signal()
+    }
+    thread.name = "sluice-outbox"
+    thread.start()
+  }
+
+  /// New deliveries may have committed: look now rather than at the next poll.
+  func poke() {
+    poked.store(true, ordering: .relaxed)
+    transfers.wakeUp()
+  }
+
+  /// Stops sending; deliveries in flight get `stopGraceMilliseconds` to finish.
+  func stopAndWait() {
+    stopping.store(true, ordering: .relaxed)
+    transfers.wakeUp()
+    if started { done.wait() }
+  }
+
+  private var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+  private func run() {
+    var backoff = Backoff(baseMilliseconds: 500, capMilliseconds: 10_000)
+    while !isStopping {
+      do {
+        try session(&backoff)
+      } catch {
+        transfers.cancelAll()
+        flights.removeAll()
+        outcomes.removeAll()
+        let wait = backoff.next(unit: Double.random(in: 0..<1))
+        logger.warning(
+          "webhook delivery paused: lost its database connection",
+          metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
+        transfers.wait(milliseconds: wait)
+      }
+    }
+  }
+
+  private func session(_ backoff: inout Backoff) throws {
+    let sql = try PGConnection(conninfo: conninfo, applicationName: "sluice-outbox")
+    defer { sql.close() }
+    try sql.simpleQuery("SET synchronous_commit = off")
+    var waiting = false
+    while try sql.query("SELECT pg_try_advisory_lock(hashtext('sluice.outbox'))").scalar != "t" {
+      if !waiting {
+        logger.info("another daemon delivers this database's webhooks; standing by")
+        waiting = true
+      }
+      transfers.wait(milliseconds: 1000)
+      if isStopping { return }
+    }
+    backoff.reset()
+    schedulers.removeAll()
+    var nextEndpointLoad: Int64 = 0
+    var nextRead: Int64 = 0
+    var nextRescan: Int64 = 0
+    var nextGauges: Int64 = 0
+    while !isStopping {
+      let now = Clock.unixMilliseconds()
+      if now >= nextEndpointLoad {
+        try loadEndpoints(sql)
+        nextEndpointLoad = now + 1000
+      }
+      if now >= nextRescan {
+        // From the start again: deliveries put back by `outbox retry`, or
+        // committed out of id order by another process.
+        for name in schedulers.keys { schedulers[name]?.cursor = 0 }
+        nextRescan = now + 5000
+        nextRead = 0
+      }
+      if poked.exchange(false, ordering: .relaxed) || now >= nextRead {
+        try readPending(sql, now: now)
+        nextRead = now + 1000
+      }
+      if now >= nextGauges {
+        try refreshGauges(sql)
+        nextGauges = now + 10_000
+      }
+      try dispatch(sql, now: Clock.unixMilliseconds())
+      let finished = transfers.perform()
+      record(finished)
+      try writeOutcomes(sql)
+      if finished.isEmpty {
+        var wait = min(nextRead, nextEndpointLoad, nextRescan) - Clock.unixMilliseconds()
+        if let due = schedulers.values.compactMap(\.nextDue).min() { wait = min(wait, due - Clock.unixMilliseconds()) }
+        transfers.wait(milliseconds: Int(max(1, wait)))
+      }
+    }
+    try finishInFlight(sql)
+  }
+
+  /// On a stop: the deliveries in flight finish (up to the grace period) and their outcomes are written.
+  private func finishInFlight(_ sql: PGConnection) throws {
+    let deadline = Clock.unixMilliseconds() + Int64(Self.stopGraceMilliseconds)
+    while !flights.isEmpty, Clock.unixMilliseconds() < deadline {
+      let finished = transfers.perform()
+      record(finished)
+      if finished.isEmpty { transfers.wait(milliseconds: 20) }
+    }
+    if !flights.isEmpty {
+      logger.info("stopped with deliveries in flight: they are sent again", metadata: ["count": "\(flights.count)"])
+    }
+    transfers.cancelAll()
+    flights.removeAll()
+    try writeOutcomes(sql)
+  }
+
+  private func loadEndpoints(_ sql: PGConnection) throws {
+    var loaded: [String: Endpoint] = [:]
+    for row in try sql.query("SELECT name, url, secret, timeout_ms, max_in_flight FROM sluice.endpoints").rows {
+      guard let name = row[0], let url = row[1] else { continue }
+      loaded[name] = Endpoint(
+        url: url, secret: row[2].flatMap(WebhookSecret.init), timeoutMilliseconds: Int(row[3] ?? "") ?? 10_000,
+        maxInFlight: Int(row[4] ?? "") ?? 4)
+    }
+    endpoints = loaded
+    for name in loaded.keys where schedulers[name] == nil {
+      schedulers[name] = DeliveryScheduler(capacity: Self.window)
+    }
+    // An endpoint deleted: its deliveries stay pending (`outbox list` shows them).
+    for name in schedulers.keys where loaded[name] == nil && schedulers[name]?.inFlight == 0 {
+      schedulers[name] = nil
+    }
+  }
+
+  /// Reads each endpoint's pending deliveries after its cursor, a page at a time, while its window has room.
+  private func readPending(_ sql: PGConnection, now: Int64) throws {
+    for name in schedulers.keys.sorted() {
+      for _ in 0..<(Self.window / Self.pageSize) {
+        guard let scheduler = schedulers[name], scheduler.room > 0 else { break }
+        let rows = try sql.query(
+          """
+          SELECT id, actor, attempts,
+            CASE WHEN attempts = 0 THEN 0 ELSE (extract(epoch FROM next_attempt_at) * 1000)::bigint END
+          FROM sluice.outbox WHERE status = 'pending' AND endpoint = $1 AND id > $2 ORDER BY id LIMIT $3
+          """, [name, "\(scheduler.cursor)", "\(Self.pageSize)"]
+        ).rows
+        let entries = rows.compactMap { row -> OutboxEntry? in
+          guard let id = row[0].flatMap({ Int64($0) }) else { return nil }
+          return OutboxEntry(
+            id: id, actor: row[1], attempts: Int(row[2] ?? "") ?? 0, dueAt: row[3].flatMap { Int64($0) } ?? 0)
+        }
+        schedulers[name]?.add(entries, now: now)
+        if rows.count < Self.pageSize { break }
+      }
+    }
+  }
+
+  /// Starts the deliveries that may go now.
+  private func dispatch(_ sql: PGConnection, now: Int64) throws {
+    var taken: [Flight] = []
+    for (name, endpoint) in endpoints {
+      guard var scheduler = schedulers[name] else { continue }
+      let free = endpoint.maxInFlight - scheduler.inFlight
+      guard free > 0 else { continue }
+      taken += scheduler.take(limit: free, now: now).map { Flight(endpoint: name, entry: $0) }
+      schedulers[name] = scheduler
+    }
+    guard !taken.isEmpty else { return }
+    let rows = try sql.query(
+      """
+      SELECT id, idempotency_key, event_id, event_type, body::text FROM sluice.outbox
+      WHERE id = ANY($1::bigint[]) AND status = 'pending'
+      """, [PGArray.literal(taken.map { "\($0.entry.id)" })]
+    ).rows
+    var found: [Int64: [String?]] = [:]
+    for row in rows { if let id = row[0].flatMap({ Int64($0) }) { found[id] = row } }
+    let timestamp = Clock.unixMilliseconds() / 1000
+    for flight in taken {
+      let id = flight.entry.id
+      flights[id] = flight
+      guard let row = found[id], let key = row[1], let eventID = row[2], let type = row[3], let body = row[4],
+        let endpoint = endpoints[flight.endpoint]
+      else {
+        // Delivered, discarded or retried by someone else meanwhile.
+        flights[id] = nil
+        schedulers[flight.endpoint]?.finished(id, attempts: flight.entry.attempts, retryAt: nil, now: now)
+        continue
+      }
+      let message = WebhookMessage(
+        id: key, timestamp: timestamp, body: body, endpoint: flight.endpoint, eventType: type, eventID: eventID)
+      guard message.hasSendableID else {
+        finish(flight, .dead, status: nil, error: "webhook-id is not printable ASCII", seconds: 0)
+        continue
+      }
+      let request = HTTPRequest(
+        tag: id, url: endpoint.url, headers: message.headers(signature: endpoint.secret?.signature(of: message)),
+        body: Array(body.utf8), timeoutMilliseconds: endpoint.timeoutMilliseconds)
+      do {
+        try transfers.start(request)
+      } catch {
+        finish(
+          flight, rules.decide(.failed("\(error)"), attempts: flight.entry.attempts + 1, unit: .random(in: 0..<1)),
+          status: nil, error: "\(error)", seconds: 0)
+      }
+    }
+  }
+
+  /// Decides what becomes of each finished attempt.
+  private func record(_ finished: [HTTPOutcome]) {
+    for outcome in finished {
+      guard let flight = flights[outcome.tag] else { continue }
+      let result: AttemptResult =
+        if let status = outcome.status {
+          .answered(status: status, retryAfterSeconds: outcome.retryAfterSeconds)
+        } else {
+          .failed(outcome.error ?? "no answer")
+        }
+      let decision = rules.decide(result, attempts: flight.entry.attempts + 1, unit: .random(in: 0..<1))
+      var error = outcome.error
+      if let status = outcome.status, !(200...299).contains(status) {
+        let prefix = outcome.bodyPrefix.filter { !$0.isNewline }
+        error = "HTTP \(status)" + (prefix.isEmpty ? "" : ": \(prefix)")
+      }
+      finish(flight, decision, status: outcome.status, error: error, seconds: outcome.seconds)
+    }
+  }
+
+  private func finish(_ flight: Flight, _ decision: DeliveryDecision, status: Int?, error: String?, seconds: Double) {
+    let id = flight.entry.id
+    let attempts = flight.entry.attempts + 1
+    let now = Clock.unixMilliseconds()
+    flights[id] = nil
+    let result: String
+    switch decision {
+    case .delivered:
+      result = "delivered"
+      outcomes.append(Outcome(id: id, status: "delivered", attempts: attempts, lastStatus: status, lastError: nil))
+      schedulers[flight.endpoint]?.finished(id, attempts: attempts, retryAt: nil, now: now)
+    case .dead:
+      result = "dead"
+      outcomes.append(Outcome(id: id, status: "dead", attempts: attempts, lastStatus: status, lastError: error))
+      schedulers[flight.endpoint]?.finished(id, attempts: attempts, retryAt: nil, now: now)
+      logger.warning(
+        "delivery dead",
+        metadata: [
+          "endpoint": "\(flight.endpoint)", "outbox_id": "\(id)", "attempts": "\(attempts)",
+          "error": "\(error ?? "")",
+        ])
+    case .retry(let after):
+      result = "retried"
+      let at = now + Int64(after)
+      outcomes.append(
+        Outcome(id: id, status: "pending", attempts: attempts, lastStatus: status, lastError: error, nextAttemptAt: at))
+      schedulers[flight.endpoint]?.finished(id, attempts: attempts, retryAt: at, now: now)
+      logger.debug(
+        "delivery failed, will retry",
+        metadata: [
+          "endpoint": "\(flight.endpoint)", "outbox_id": "\(id)", "attempts": "\(attempts)",
+          "retry_in_ms": "\(after)", "error": "\(error ?? "")",
+        ])
+    }
+    metrics.deliveryFinished(endpoint: flight.endpoint, result: result, seconds: seconds)
+  }
+
+  /// Writes the outcomes gathered so far, in one statement.
+  private func writeOutcomes(_ sql: PGConnection) throws {
+    guard !outcomes.isEmpty else { return }
+    let batch = outcomes
+    outcomes.removeAll()
+    try sql.query(
+      """
+      UPDATE sluice.outbox o SET status = w.status, attempts = w.attempts, last_status = w.last_status,
+        last_error = w.last_error,
+        next_attempt_at = coalesce(to_timestamp(w.next_ms / 1000.0), o.next_attempt_at),
+        delivered_at = CASE WHEN w.status = 'delivered' THEN now() END
+      FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[])
+        AS w(id, status, attempts, last_status, last_error, next_ms)
+      WHERE o.id = w.id AND o.status = 'pending'
+      """,
+      [
+        PGArray.literal(batch.map { "\($0.id)" }), PGArray.literal(batch.map(\.status)),
+        PGArray.literal(batch.map { "\($0.attempts)" }), PGArray.literal(batch.map { $0.lastStatus.map { "\($0)" } }),
+        PGArray.literal(batch.map(\.lastError)), PGArray.literal(batch.map { $0.nextAttemptAt.map { "\($0)" } }),
+      ])
+  }
+
+  /// Pending and dead deliveries, and the oldest pending one's age, for /metrics.
+  private func refreshGauges(_ sql: PGConnection) throws {
+    let row = try sql.query(
+      """
+      SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead'),
+        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)
+      FROM sluice.outbox WHERE status IN ('pending', 'dead')
+      """
+    ).rows.first
+    metrics.setOutbox(
+      pending: Int(row?[0] ?? "") ?? 0, dead: Int(row?[1] ?? "") ?? 0,
+      oldestPendingSeconds: Double(row?[2] ?? "") ?? 0)
+  }
+}

@@ -1,0 +1,347 @@
+import Foundation
+import Sluice
+import SluiceHTTP
+import Testing
+
+/// SPEC section 9: deliveries sent if and only if their event applied,
+/// signed as Standard Webhooks says, retried, ordered per actor, never
+/// holding back the stream. Each test runs its own receiver on 127.0.0.1.
+@Suite struct WebhookTests {
+  /// The XP fixture, an endpoint per (name, path) on the receiver, and
+  /// `add_webhook` types anyone may emit.
+  static func setUp(
+    _ label: String, _ receiver: WebhookReceiver, endpoints: [(name: String, path: String)],
+    webhooks: [(type: String, endpoint: String)] = [], secret: String? = nil, timeoutMilliseconds: Int = 10_000,
+    maxInFlight: Int = 4
+  ) throws -> TestDatabase {
+    let db = try TestDatabase(label)
+    try XPFixture.install(db)
+    for endpoint in endpoints {
+      try db.sql(
+        "INSERT INTO sluice.endpoints (name, url, secret, timeout_ms, max_in_flight) VALUES ($1, $2, $3, $4, $5)",
+        [endpoint.name, receiver.url(endpoint.path), secret, "\(timeoutMilliseconds)", "\(maxInFlight)"])
+    }
+    for webhook in webhooks {
+      try db.sql("SELECT sluice.add_webhook($1, $2)", [webhook.type, webhook.endpoint])
+      try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ($1, 'anyone')", [webhook.type])
+    }
+    return db
+  }
+
+  static func outbox(_ db: TestDatabase) throws -> [[String?]] {
+    try db.sql(
+      "SELECT idempotency_key, status, attempts::text, last_status::text, last_error FROM sluice.outbox ORDER BY id"
+    ).rows
+  }
+
+  @Test func deliveredWithTheDocumentedHeadersAndAVerifiedSignature() throws {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    let receiver = try WebhookReceiver(secret: secret)
+    let db = try Self.setUp(
+      "webhook_delivered", receiver, endpoints: [("edge", "/ok")], webhooks: [("ping", "edge")], secret: secret)
+    // A SQL handler that emits twice: n counts the event's emits from 1.
+    try XPFixture.handler(
+      db, "twice",
+      """
+      BEGIN
+        PERFORM sluice.emit('edge', jsonb_build_object('user', e->>'actor', 'n', 1));
+        PERFORM sluice.emit('edge', jsonb_build_object('user', e->>'actor', 'n', 2));
+      END
+      """)
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('swift_emit', 'anyone')")
+    let daemon = try startDaemon(db, binary: "sluice-fixtures")
+    try XPFixture.insert(db, [("a1", "ann", "twice", 1, nil), ("p1", "bob", "ping", 1, nil)])
+    try db.sql(#"INSERT INTO xp.actions (id, user_id, type) VALUES ('s1', 'cat', 'swift_emit')"#)
+    #expect(try eventually(20, "4 deliveries") { receiver.requests.count >= 4 })
+    #expect(
+      try eventually(10, "delivered marked") {
+        let rows = try Self.outbox(db)
+        return rows.count == 4 && rows.allSatisfy { $0[1] == "delivered" }
+      })
+    let requests = receiver.requests
+    #expect(requests.count == 4)
+    #expect(Set(requests.map(\.id)) == ["xp.actions/a1/1", "xp.actions/a1/2", "xp.actions/p1/1", "xp.actions/s1/1"])
+    for request in requests {
+      #expect(request.verified as? Bool == true, "\(request.raw)")
+      #expect(request.headers["idempotency-key"] == request.id)
+      #expect(request.headers["content-type"] == "application/json")
+      #expect(request.headers["sluice-endpoint"] == "edge")
+      #expect(request.headers["webhook-signature"]?.hasPrefix("v1,") == true)
+      #expect(abs((Double(request.headers["webhook-timestamp"] ?? "") ?? 0) - request.arrived) < 30)
+    }
+    let ping = try #require(requests.first { $0.id == "xp.actions/p1/1" })
+    #expect(ping.headers["sluice-event-type"] == "ping")
+    #expect(ping.headers["sluice-event-id"] == "p1")
+    // add_webhook sends the event as SQL handlers receive it.
+    #expect(ping.bodyObject["actor"] as? String == "bob")
+    #expect((ping.bodyObject["row"] as? [String: Any])?["id"] as? String == "p1")
+    #expect(requests.first { $0.id == "xp.actions/a1/2" }?.bodyObject["n"] as? Int == 2)
+    #expect(requests.first { $0.id == "xp.actions/s1/1" }?.bodyObject["from"] as? String == "swift")
+    #expect(try Self.outbox(db).allSatisfy { $0[2] == "1" && $0[3] == "200" })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    // The URL and the secret appear in no log line and no status.
+    let (_, status, _) = try runCommand(db, ["status", "--json"])
+    for text in [daemon.standardError, status] {
+      #expect(!text.contains("127.0.0.1:\(receiver.port)"))
+      #expect(!text.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+    }
+    #expect(status.contains(#""outbox":{"pending":0,"dead":0"#), "\(status)")
+  }
+
+  @Test func retriedUnderTheSameIdAndDeadAsTheSpecSays() throws {
+    let receiver = try WebhookReceiver()
+    let endpoints = [
+      ("flaky", "/fail/2/503"), ("slow", "/hang-first/3000"), ("limited", "/retry-after/1"), ("bad", "/status/400"),
+      ("down", "/status/500"),
+    ]
+    let db = try Self.setUp(
+      "webhook_retries", receiver, endpoints: endpoints, webhooks: endpoints.map { ("to_\($0.0)", $0.0) },
+      timeoutMilliseconds: 500)
+    let daemon = try startDaemon(db, ["SLUICE_OUTBOX_BACKOFF_MS": "20", "SLUICE_OUTBOX_MAX_ATTEMPTS": "3"])
+    try XPFixture.insert(db, endpoints.map { ("e_\($0.0)", "ann_\($0.0)", "to_\($0.0)", 1, nil) })
+    func row(_ name: String) throws -> [String?] {
+      try db.sql(
+        "SELECT status, attempts::text, last_status::text, last_error FROM sluice.outbox WHERE endpoint = $1", [name]
+      ).rows.first ?? []
+    }
+    #expect(
+      try eventually(30, "every delivery final: \((try? Self.outbox(db)) ?? [])") {
+        let rows = try Self.outbox(db)
+        return rows.count == endpoints.count && rows.allSatisfy { $0[1] != "pending" }
+      })
+    #expect(try row("flaky") == ["delivered", "3", "200", nil])
+    #expect(try row("slow").prefix(3) == ["delivered", "2", "200"])
+    #expect(try row("limited").prefix(3) == ["delivered", "2", "200"])
+    #expect(try row("bad") == ["dead", "1", "400", "HTTP 400: refused by the test receiver"])
+    #expect(try row("down") == ["dead", "3", "500", "HTTP 500: refused by the test receiver"])
+    let requests = receiver.requests
+    for (name, path) in endpoints {
+      let ids = Set(requests.filter { $0.path == path }.map(\.id))
+      #expect(ids == ["xp.actions/e_\(name)/1"], "one key on every attempt to \(name)")
+    }
+    // The timed-out first attempt left no error in the final row, but it was retried:
+    #expect(requests.filter { $0.path == "/hang-first/3000" }.count == 2)
+    // Retry-After: 1 was honoured, though the backoff alone would wait at most 20 ms.
+    let limited = requests.filter { $0.path == "/retry-after/1" }.map(\.arrived)
+    #expect(limited.count == 2)
+    if limited.count == 2 { #expect(limited[1] - limited[0] >= 0.9, "\(limited)") }
+
+    // outbox list shows the dead ones, without URLs; retry and discard work.
+    let (_, list, _) = try runCommand(db, ["outbox", "list", "--json"])
+    let listed = jsonObjects(list.split(separator: "\n").map(String.init))
+    #expect(listed.compactMap { $0["endpoint"] as? String }.sorted() == ["bad", "down"])
+    #expect(!list.contains("127.0.0.1"))
+    let badID = try #require(try db.scalar("SELECT id FROM sluice.outbox WHERE endpoint = 'bad'"))
+    let downID = try #require(try db.scalar("SELECT id FROM sluice.outbox WHERE endpoint = 'down'"))
+    try db.sql("UPDATE sluice.endpoints SET url = $1 WHERE name = 'bad'", [receiver.url("/ok")])
+    #expect(try runCommand(db, ["outbox", "retry", badID]).0 == 0)
+    #expect(
+      try eventually(20, "the retried delivery: \((try? row("bad")) ?? []) \(daemon.standardError)") {
+        try row("bad").first == "delivered"
+      })
+    #expect(try row("bad").prefix(3) == ["delivered", "1", "200"])
+    #expect(try runCommand(db, ["outbox", "discard", downID]).0 == 0)
+    #expect(try row("down").isEmpty)
+    #expect(try runCommand(db, ["outbox", "discard", downID]).0 == 1)
+    #expect(try runCommand(db, ["outbox", "list"]).1.contains("no pending or dead deliveries"))
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func rejectedDeniedAndFailedEventsSendNothing() throws {
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp("webhook_nothing", receiver, endpoints: [("edge", "/ok")], webhooks: [("ping", "edge")])
+    try XPFixture.handler(
+      db, "emit_then_reject",
+      "BEGIN PERFORM sluice.emit('edge', '{\"x\": 1}'); PERFORM sluice.reject('no'); END")
+    try XPFixture.handler(
+      db, "emit_then_fail", "BEGIN PERFORM sluice.emit('edge', '{\"x\": 2}'); RAISE EXCEPTION 'bug'; END")
+    try XPFixture.handler(db, "unknown_endpoint", "BEGIN PERFORM sluice.emit('nowhere', '{}'); END")
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('swift_emit', 'anyone')")
+    try db.sql("DELETE FROM sluice.permission_rules WHERE event_type = 'ping'")
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('ping', 'admin')")
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "1"], binary: "sluice-fixtures")
+    try XPFixture.insert(
+      db,
+      [
+        ("r", "ann", "emit_then_reject", 1, nil), ("f", "bob", "emit_then_fail", 1, nil),
+        ("u", "cat", "unknown_endpoint", 1, nil), ("d", "dan", "ping", 1, nil),
+      ])
+    try db.sql(
+      #"INSERT INTO xp.actions (id, user_id, type, payload) VALUES ('s', 'eve', 'swift_emit', '{"reject": true}')"#)
+    #expect(
+      try eventually(20, "the ledger") {
+        try XPFixture.statuses(db) == [
+          "r": "rejected", "f": "dead", "u": "dead", "d": "denied", "s": "rejected",
+        ]
+      })
+    #expect(
+      try db.scalar("SELECT reason FROM sluice.event_log WHERE event_id = 'u'")?.contains(
+        "sluice.emit: unknown endpoint 'nowhere'") == true)
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('ping', 'anyone')")
+    try XPFixture.insert(db, [("last", "gus", "ping", 1, nil)])
+    #expect(try eventually(20, "the last event's delivery") { receiver.requests.count >= 1 })
+    #expect(try eventually(10) { try Self.outbox(db).first?[1] == "delivered" })
+    #expect(receiver.requests.map(\.id) == ["xp.actions/last/1"])
+    #expect(try Self.outbox(db).map { $0[0] } == ["xp.actions/last/1"])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func perActorCommitOrderHoldsWithManyInFlight() throws {
+    let seed = testSeed(default: 7)
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp(
+      "webhook_order", receiver, endpoints: [("edge", "/jitter/30/\(seed)")], webhooks: [("ping", "edge")],
+      maxInFlight: 8)
+    let daemon = try startDaemon(db)
+    let actors = (0..<10).map { "actor\($0)" }
+    for round in 0..<6 {
+      // Each transaction holds 5 events of every actor, interleaved.
+      try XPFixture.insert(
+        db, (0..<5).flatMap { step in actors.map { ("\($0)-\(round * 5 + step)", $0, "ping", 1, nil) } })
+    }
+    #expect(try eventually(60, "300 deliveries") { receiver.requests.count >= 300 })
+    let requests = receiver.requests
+    #expect(requests.count == 300)
+    for actor in actors {
+      let sequence = requests.filter { $0.id.hasPrefix("xp.actions/\(actor)-") }.map {
+        Int($0.id.split(separator: "/")[1].split(separator: "-")[1]) ?? -1
+      }
+      #expect(sequence == Array(0..<30), "\(actor) in commit order")
+    }
+    // More than one delivery was in flight at a time (and never more than 8).
+    let spans = requests.map { (start: $0.arrived, end: $0.arrived + Double($0.raw["delay"] as? Double ?? 0)) }
+    let overlap = spans.map { span in spans.filter { $0.start <= span.start && span.start < $0.end }.count }.max() ?? 0
+    #expect(overlap > 1 && overlap <= 8, "at most \(overlap) at once")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func killedWhileDeliveringEveryDeliveryArrivesUnderItsOneKey() throws {
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp(
+      "webhook_crash", receiver, endpoints: [("edge", "/jitter/40/3")], webhooks: [("ping", "edge")], maxInFlight: 4)
+    let first = try startDaemon(db)
+    try XPFixture.insert(db, (0..<200).map { ("k\($0)", "actor\($0 % 20)", "ping", 1, nil) })
+    #expect(try eventually(30, "some deliveries") { receiver.requests.count >= 30 })
+    first.signal(SIGKILL)
+    _ = first.waitForExit()
+    let second = try startDaemon(db)
+    #expect(
+      try eventually(60, "every delivery marked delivered") {
+        try db.scalar("SELECT count(*) FROM sluice.outbox WHERE status = 'delivered'") == "200"
+      })
+    let requests = receiver.requests
+    let keys = Set(requests.map(\.id))
+    #expect(keys == Set((0..<200).map { "xp.actions/k\($0)/1" }))
+    // A repeat carries the same body under the same key.
+    var bodies: [String: String] = [:]
+    for request in requests {
+      if let earlier = bodies[request.id] {
+        #expect(earlier == request.body)
+      } else {
+        bodies[request.id] = request.body
+      }
+    }
+    print("deliveries: \(requests.count) for 200 keys (\(requests.count - 200) repeated after the kill)")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.outbox") == "200")
+    second.signal(SIGTERM)
+    #expect(second.waitForExit() == 0)
+  }
+
+  @Test func aStandbySendsNothingAndTheNewHolderDeliversWhatIsPending() throws {
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp("webhook_standby", receiver, endpoints: [("edge", "/ok")])
+    try createSlot(db)
+    // Deliveries already queued, as a holder that died would leave them.
+    try db.sql(
+      """
+      INSERT INTO sluice.outbox (endpoint, source, event_id, event_type, actor, idempotency_key, body)
+      SELECT 'edge', 'xp.actions', 'q' || i, 'ping', 'ann', 'xp.actions/q' || i || '/1', '{}'
+      FROM generate_series(1, 5) AS i
+      """)
+    // Another daemon holds the slot: this connection takes its lock.
+    let holder = try TestDatabase(url: db.url)
+    try holder.sql("SELECT pg_advisory_lock(hashtext('sluice.slot.' || $1))", [db.slot])
+    let standby = try sluice(db, ["run"])
+    #expect(try eventually(20, "standing by") { standby.standardError.contains("standing by") })
+    // The deliverer would read the outbox within 1 s; the standby has none.
+    let watched = Date().addingTimeInterval(2.5)
+    while Date() < watched { usleep(100_000) }
+    #expect(receiver.requests.isEmpty)
+    holder.connection.close()
+    #expect(try eventually(30, "the new holder delivers") { receiver.requests.count == 5 })
+    #expect(
+      try eventually(10) { try db.scalar("SELECT count(*) FROM sluice.outbox WHERE status = 'delivered'") == "5" })
+    standby.signal(SIGTERM)
+    #expect(standby.waitForExit() == 0)
+  }
+
+  @Test func anEndpointThatIsDownDoesNotHoldBackTheStream() throws {
+    let receiver = try WebhookReceiver()
+    // The receiver answers 503 to everything: every delivery keeps failing.
+    let db = try Self.setUp(
+      "webhook_down", receiver, endpoints: [("edge", "/status/503")], webhooks: [("ping", "edge")])
+    let daemon = try startDaemon(db, ["SLUICE_OUTBOX_BACKOFF_MS": "50"])
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type)
+      SELECT 'd' || i, 'actor' || (i % 50), 'ping' FROM generate_series(1, 5000) AS i
+      """)
+    let end = try #require(try db.scalar("SELECT pg_current_wal_lsn()::text"))
+    #expect(
+      try eventually(60, "every event applied and acknowledged") {
+        try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'applied'") == "5000"
+          && db.scalar(
+            "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", [end, db.slot])
+            == "t"
+      })
+    #expect(try db.scalar("SELECT count(*) FROM sluice.outbox WHERE status = 'pending'") == "5000")
+    #expect(try eventually(20, "deliveries attempted meanwhile") { receiver.requests.count >= 50 })
+    #expect(receiver.requests.allSatisfy { $0.status == 503 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func endpointsRefuseSecretsThatAreNotStandardWebhooksSecrets() throws {
+    let db = try TestDatabase("webhook_secrets")
+    try XPFixture.install(db)
+    for bad in ["secret", "whsec_", "whsec_c2hvcnQ=", "whsec_!!!!", "whsec_" + String(repeating: "QUFB", count: 30)] {
+      #expect(throws: (any Error).self, "\(bad)") {
+        try db.sql("INSERT INTO sluice.endpoints (name, url, secret) VALUES ('e', 'http://x/', $1)", [bad])
+      }
+    }
+    let generated = try #require(try db.scalar("SELECT sluice.generate_webhook_secret()"))
+    #expect(WebhookSecret(generated)?.key.count == 32)
+    try db.sql("INSERT INTO sluice.endpoints (name, url, secret) VALUES ('e', 'http://x/', $1)", [generated])
+    #expect(throws: (any Error).self) {
+      try db.sql("INSERT INTO sluice.endpoints (name, url) VALUES ('f', 'file:///etc/passwd')")
+    }
+    #expect(throws: (any Error).self) { try db.sql("SELECT sluice.add_webhook('t', 'missing')") }
+  }
+}
+
+/// The published Standard Webhooks example: libcrypto's HMAC and our header rules.
+@Suite struct WebhookSigningTests {
+  @Test func signsThePublishedExample() throws {
+    let secret = try #require(WebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
+    let message = WebhookMessage(
+      id: "msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp: 1_614_265_330, body: #"{"test": 2432232314}"#,
+      endpoint: "e", eventType: "t", eventID: "i")
+    #expect(secret.signature(of: message) == "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+    let headers = Dictionary(uniqueKeysWithValues: message.headers(signature: "sig").map { ($0.name, $0.value) })
+    #expect(headers["webhook-signature"] == "v1,sig")
+    #expect(headers["webhook-id"] == "msg_p5jXN8AQM9LWM0D4loKWxJek")
+    #expect(headers["Idempotency-Key"] == "msg_p5jXN8AQM9LWM0D4loKWxJek")
+  }
+
+  @Test func clientTextCannotBreakAHeader() {
+    #expect(WebhookMessage.headerValue("a\r\nEvil: 1") == "a%0D%0AEvil:%201")
+    #expect(WebhookMessage.headerValue("100%") == "100%25")
+    #expect(WebhookMessage.headerValue("é") == "%C3%A9")
+    #expect(WebhookSecret("whsec_c2hvcnQ=") == nil)
+    #expect(WebhookSecret("nope") == nil)
+  }
+}
