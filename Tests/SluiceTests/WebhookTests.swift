@@ -345,3 +345,80 @@ import Testing
     #expect(WebhookSecret("nope") == nil)
   }
 }
+
+/// README "Call an edge function": its quoted SQL and receiver, run for real.
+@Suite struct EdgeFunctionTests {
+  @Test func readmeQuotesTheTestedFiles() throws {
+    let readme = try String(contentsOf: ExamplesTests.repository.appendingPathComponent("README.md"), encoding: .utf8)
+    for file in ["edge_function.sql", "receiver.py"] {
+      let text = try String(contentsOf: AddHandlerTests.examples.appendingPathComponent(file), encoding: .utf8)
+      #expect(readme.contains(text), "README.md must quote ReadmeExamples/\(file) verbatim")
+    }
+  }
+
+  @Test func theReceiverVerifiesAndAppliesEachDeliveryOnce() throws {
+    let db = try TestDatabase("edge_function")
+    try ExamplesTests.load(db)
+    let port = Int(try freePort())
+    let sql = try String(
+      contentsOf: AddHandlerTests.examples.appendingPathComponent("edge_function.sql"), encoding: .utf8)
+    try db.sql(sql.replacingOccurrences(of: "127.0.0.1:8000", with: "127.0.0.1:\(port)"))
+    try db.sql("INSERT INTO sluice.actor_roles (actor, role) VALUES ('ann', 'player')")
+    let secret = try #require(try db.scalar("SELECT secret FROM sluice.endpoints WHERE name = 'rewards'"))
+    let effects = NSTemporaryDirectory() + "sluice-effects-\(getpid())-\(port).db"
+    defer { try? FileManager.default.removeItem(atPath: effects) }
+    let receiver = try ChildProcess(
+      "/usr/bin/env",
+      [
+        "PYTHONPATH=\(ExamplesTests.repository.appendingPathComponent(".build-py").path)",
+        "WEBHOOK_SECRET=\(secret)", "PORT=\(port)", "EFFECTS_DB=\(effects)", "python3",
+        AddHandlerTests.examples.appendingPathComponent("receiver.py").path,
+      ], environment: [:])
+    defer { receiver.signal(SIGKILL) }
+    let daemon = try startDaemon(db, binary: "sluice-examples")
+    try db.sql(
+      """
+      INSERT INTO game.actions (id, user_id, type, payload) VALUES
+        ('00000000-0000-0000-0000-000000000001', 'ann', 'purchase', '{"item": "sword"}'),
+        ('00000000-0000-0000-0000-000000000002', 'ann', 'purchase', '{}'),
+        ('00000000-0000-0000-0000-000000000003', 'ann', 'level_up', '{"level": 2}'),
+        ('00000000-0000-0000-0000-000000000004', 'bob', 'purchase', '{"item": "shield"}')
+      """)
+    let first = "game.actions/00000000-0000-0000-0000-000000000001/1"
+    let levelUp = "game.actions/00000000-0000-0000-0000-000000000003/1"
+    #expect(
+      try eventually(20, "two effects applied: \(receiver.standardOutput) \(receiver.standardError)") {
+        receiver.standardOutput.contains("applied \(first)") && receiver.standardOutput.contains("applied \(levelUp)")
+      })
+    // The rejected purchase and bob's denied one sent nothing.
+    #expect(try db.scalar("SELECT count(*) FROM sluice.outbox") == "2")
+    #expect(
+      try eventually(10) { try db.scalar("SELECT count(*) FROM sluice.outbox WHERE status = 'delivered'") == "2" })
+    // The same delivery again (as after a crash): verified, and not applied twice.
+    let body = try #require(try db.scalar("SELECT body::text FROM sluice.outbox WHERE idempotency_key = $1", [first]))
+    let message = WebhookMessage(
+      id: first, timestamp: Int64(Date().timeIntervalSince1970), body: body, endpoint: "rewards",
+      eventType: "purchase", eventID: "00000000-0000-0000-0000-000000000001")
+    let signature = try #require(WebhookSecret(secret)).signature(of: message)
+    #expect(try post(port: port, message.headers(signature: signature), body) == 200)
+    #expect(try eventually(10) { receiver.standardOutput.contains("already applied \(first)") })
+    #expect(receiver.standardOutput.components(separatedBy: "applied \(first):").count == 2)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// One POST through libcurl (the daemon's own client, used directly).
+  func post(port: Int, _ headers: [(name: String, value: String)], _ body: String) throws -> Int? {
+    let transfers = try HTTPTransfers()
+    try transfers.start(
+      HTTPRequest(
+        tag: 1, url: "http://127.0.0.1:\(port)/rewards", headers: headers, body: Array(body.utf8),
+        timeoutMilliseconds: 5000))
+    let deadline = Date().addingTimeInterval(10)
+    while Date() < deadline {
+      if let outcome = transfers.perform().first { return outcome.status }
+      transfers.wait(milliseconds: 100)
+    }
+    return nil
+  }
+}
