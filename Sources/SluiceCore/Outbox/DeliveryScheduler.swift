@@ -145,22 +145,6 @@ public struct DeliveryScheduler: Sendable {
     if let head = chain.head { schedule(head, now: now) }
   }
 
-  /// An entry held but not in flight went away (discarded, or already
-  /// finished elsewhere): drop it.
-  public mutating func drop(_ id: Int64, now: Int64) {
-    guard let actor = actorOf[id], var chain = chains[actor] else { return }
-    guard chain.busyID != id, let index = chain.index(of: id) else { return }
-    let wasHead = index == chain.start
-    chain.remove(at: index)
-    actorOf[id] = nil
-    if chain.isEmpty {
-      chains[actor] = nil
-      return
-    }
-    chains[actor] = chain
-    if wasHead, !chain.busy, let head = chain.head { schedule(head, now: now) }
-  }
-
   /// When the earliest waiting head falls due (nil: none waits).
   public var nextDue: Int64? { waiting.min?.at }
 
