@@ -49,7 +49,8 @@ import Testing
       END
       """)
     try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('swift_emit', 'anyone')")
-    let daemon = try startDaemon(db, binary: "sluice-fixtures")
+    let metricsPort = try freePort()
+    let daemon = try startDaemon(db, ["SLUICE_METRICS_ADDR": "127.0.0.1:\(metricsPort)"], binary: "sluice-fixtures")
     try XPFixture.insert(db, [("a1", "ann", "twice", 1, nil), ("p1", "bob", "ping", 1, nil)])
     try db.sql(#"INSERT INTO xp.actions (id, user_id, type) VALUES ('s1', 'cat', 'swift_emit')"#)
     #expect(try eventually(20, "4 deliveries") { receiver.requests.count >= 4 })
@@ -69,6 +70,11 @@ import Testing
       #expect(request.headers["webhook-signature"]?.hasPrefix("v1,") == true)
       #expect(abs((Double(request.headers["webhook-timestamp"] ?? "") ?? 0) - request.arrived) < 30)
     }
+    // Metrics count deliveries by endpoint name and result, and time them; no URL.
+    let metrics = try httpGet(port: metricsPort, path: "/metrics")
+    #expect(metrics.contains(#"sluice_outbox_deliveries_total{endpoint="edge",result="delivered"} 4"#), "\(metrics)")
+    #expect(metrics.contains(#"sluice_outbox_delivery_seconds_count{endpoint="edge"} 4"#))
+    #expect(!metrics.contains("127.0.0.1:\(receiver.port)"))
     let ping = try #require(requests.first { $0.id == "xp.actions/p1/1" })
     #expect(ping.headers["sluice-event-type"] == "ping")
     #expect(ping.headers["sluice-event-id"] == "p1")
