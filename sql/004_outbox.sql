@@ -95,6 +95,10 @@ BEGIN
   INSERT INTO sluice.outbox (endpoint, source, event_id, event_type, actor, idempotency_key, body)
     VALUES (queue_delivery.endpoint, queue_delivery.source, queue_delivery.event_id, queue_delivery.event_type,
             queue_delivery.actor, key, queue_delivery.body);
+  -- The daemon commits batches asynchronously; one that queues a delivery
+  -- waits for its WAL flush, so nothing is sent for a commit a crash could
+  -- still undo. Transaction-local, and undone with a rejected event's savepoint.
+  PERFORM set_config('synchronous_commit', 'on', true);
   RETURN key;
 END
 $$;

@@ -177,6 +177,17 @@ public final class PGConnection: @unchecked Sendable {
 
   /// Runs one or more statements with the simple query protocol (the only
   /// one a replication connection speaks before PG 15); returns the last result.
+  /// Whether a notification (`LISTEN`) has arrived since the last call; reads what the socket holds.
+  public func takeNotifications() throws -> Bool {
+    guard PQconsumeInput(handle) == 1 else { throw lastError("reading notifications") }
+    var any = false
+    while let notification = PQnotifies(handle) {
+      PQfreemem(notification)
+      any = true
+    }
+    return any
+  }
+
   @discardableResult
   public func simpleQuery(_ sql: String) throws -> QueryResult {
     let context = Self.context(of: sql)

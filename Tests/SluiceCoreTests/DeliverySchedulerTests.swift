@@ -108,3 +108,47 @@ import Testing
     #expect(rules.decide(.answered(status: 429, retryAfterSeconds: 7), attempts: 3, unit: 0.5) == .dead)
   }
 }
+
+/// Findings of the attack review, one test each.
+@Suite struct DeliverySchedulerAttackTests {
+  @Test func oneActorsBacklogCannotFillTheWindow() {
+    var scheduler = DeliveryScheduler(capacity: 10, chainCapacity: 3)
+    scheduler.add((1...8).map { OutboxEntry(id: $0, actor: "mallory") } + [OutboxEntry(id: 9, actor: "alice")], now: 0)
+    #expect(scheduler.held == 4)
+    #expect(scheduler.take(limit: 10, now: 0).map(\.id) == [1, 9])
+    #expect(!scheduler.refillWanted)
+    scheduler.finished(1, attempts: 1, retryAt: nil, now: 0)
+    #expect(scheduler.refillWanted)  // mallory's chain passed entries over and has room again
+    scheduler.startRescan()
+    #expect(!scheduler.refillWanted)
+    scheduler.add((2...9).map { OutboxEntry(id: $0, actor: $0 == 9 ? "alice" : "mallory") }, now: 0)
+    #expect(scheduler.held == 4)
+  }
+
+  @Test func actorsAreComparedByteWise() {
+    var scheduler = DeliveryScheduler()
+    // "K" and the Kelvin sign are equal as Swift Strings, distinct in Postgres.
+    scheduler.add([OutboxEntry(id: 1, actor: "user_\u{212A}1"), OutboxEntry(id: 2, actor: "user_K1")], now: 0)
+    #expect(scheduler.take(limit: 10, now: 0).map(\.id) == [1, 2])
+  }
+
+  @Test func anEntryPutBackByTheOperatorTakesTheTablesAttemptsAndDueTime() {
+    var scheduler = DeliveryScheduler()
+    scheduler.add([OutboxEntry(id: 1, actor: "ann")], now: 0)
+    _ = scheduler.take(limit: 1, now: 0)
+    scheduler.finished(1, attempts: 9, retryAt: 600_000, now: 0)
+    #expect(scheduler.take(limit: 1, now: 1000).isEmpty)
+    scheduler.add([OutboxEntry(id: 1, actor: "ann", attempts: 0, dueAt: 0)], now: 1000)  // `outbox retry`
+    #expect(scheduler.take(limit: 1, now: 1000).map(\.attempts) == [0])
+  }
+
+  @Test func aHugeRetryAfterIsClampedNotATrap() {
+    let rules = DeliveryRules(maxAttempts: 10, backoffMilliseconds: 1000)
+    #expect(
+      rules.decide(.answered(status: 503, retryAfterSeconds: 10_000_000_000_000_000), attempts: 1, unit: 0)
+        == .retry(afterMilliseconds: 600_000))
+    #expect(
+      rules.decide(.answered(status: 503, retryAfterSeconds: .max), attempts: 1, unit: 0)
+        == .retry(afterMilliseconds: 600_000))
+  }
+}

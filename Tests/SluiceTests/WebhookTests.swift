@@ -311,6 +311,88 @@ import Testing
     #expect(daemon.waitForExit() == 0)
   }
 
+  /// Attack review: a receiver's answer must not crash the daemon, nor make a delivery unrecordable.
+  @Test func aHostileReceiverCannotCrashTheDaemonOrLoopItsDeliveries() throws {
+    let receiver = try WebhookReceiver()
+    let endpoints = [("huge", "/retry-after/10000000000000000"), ("nul", "/nul/500"), ("fine", "/ok")]
+    let db = try Self.setUp(
+      "webhook_hostile_receiver", receiver, endpoints: endpoints, webhooks: endpoints.map { ("to_\($0.0)", $0.0) })
+    let daemon = try startDaemon(db, ["SLUICE_OUTBOX_BACKOFF_MS": "20", "SLUICE_OUTBOX_MAX_ATTEMPTS": "2"])
+    try XPFixture.insert(db, endpoints.map { ("e_\($0.0)", "ann_\($0.0)", "to_\($0.0)", 1, nil) })
+    func row(_ name: String) throws -> [String?] {
+      try db.sql(
+        """
+        SELECT status, attempts::text, last_error,
+               (next_attempt_at - now() BETWEEN interval '500 s' AND interval '601 s')::text
+        FROM sluice.outbox WHERE endpoint = $1
+        """, [name]
+      ).rows.first ?? []
+    }
+    #expect(try eventually(20, "the NUL answer recorded, dead") { try row("nul").first == "dead" })
+    #expect(try row("nul").prefix(3) == ["dead", "2", "HTTP 500"])
+    #expect(try eventually(20) { try row("huge").prefix(2) == ["pending", "1"] })
+    #expect(try row("huge").last == "true", "Retry-After beyond 10 minutes waits 10 minutes")
+    #expect(try eventually(20) { try row("fine").first == "delivered" })
+    #expect(receiver.requests.filter { $0.path == "/ok" }.count == 1)
+    #expect(receiver.requests.filter { $0.path == "/nul/500" }.count == 2)
+    #expect(daemon.process.isRunning)
+    // `outbox retry` of a pending delivery sends it now, its attempts reset.
+    try db.sql("UPDATE sluice.endpoints SET url = $1 WHERE name = 'huge'", [receiver.url("/ok")])
+    let id = try #require(try db.scalar("SELECT id FROM sluice.outbox WHERE endpoint = 'huge'"))
+    #expect(try runCommand(db, ["outbox", "retry", id]).0 == 0)
+    #expect(try eventually(10, "sent at once") { try row("huge").prefix(2) == ["delivered", "1"] })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// Attack review: a client's own backlog to an endpoint that fails for it must not stall other actors.
+  @Test func oneActorsFailingBacklogDoesNotStallOthers() throws {
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp(
+      "webhook_stall", receiver, endpoints: [("edge", "/fail-if/mallory/503")], webhooks: [("ping", "edge")])
+    let daemon = try startDaemon(db, ["SLUICE_OUTBOX_BACKOFF_MS": "600000"])
+    try db.sql(
+      "INSERT INTO xp.actions (id, user_id, type) SELECT 'm' || i, 'mallory', 'ping' FROM generate_series(1, 10050) i")
+    #expect(
+      try eventually(30, "mallory's deliveries queued") {
+        try db.scalar("SELECT count(*) FROM sluice.outbox") == "10050"
+      })
+    try XPFixture.insert(db, [("alice-1", "alice", "ping", 1, nil)])
+    #expect(
+      try eventually(20, "alice's delivery, behind 10,050 of mallory's") {
+        receiver.requests.contains { $0.id == "xp.actions/alice-1/1" && $0.status == 200 }
+      })
+    #expect(receiver.requests.filter { $0.status == 503 }.count == 1, "mallory's head waits for its retry")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// Attack review: a SQL handler that once rejected is called through a guard on the
+  /// fast path; its emits still name their event.
+  @Test func aHandlerThatRejectedOnceStillEmitsOnTheFastPath() throws {
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp("webhook_guarded", receiver, endpoints: [("edge", "/ok")])
+    try XPFixture.handler(
+      db, "buy",
+      """
+      BEGIN
+        IF (e->'row'->'payload'->>'xp')::int < 1 THEN PERFORM sluice.reject('nothing to buy'); END IF;
+        PERFORM sluice.emit('edge', jsonb_build_object('buyer', e->>'actor'));
+      END
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_LOG_LEVEL": "debug"])
+    try XPFixture.insert(db, [("bad", "ann", "buy", 0, nil)])
+    #expect(try eventually(20) { try XPFixture.statuses(db)["bad"] == "rejected" })
+    try XPFixture.insert(db, (0..<500).map { ("good\($0)", "user\($0 % 7)", "buy", 1, nil) })
+    #expect(try eventually(30, "500 deliveries") { receiver.requests.count == 500 })
+    #expect(
+      try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'applied'") == "500")
+    let redone = daemon.standardError.components(separatedBy: "batch part redone").count - 1
+    #expect(redone <= 1, "the guarded batches stay on the fast path: \(redone) redone")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
   @Test func endpointsRefuseSecretsThatAreNotStandardWebhooksSecrets() throws {
     let db = try TestDatabase("webhook_secrets")
     try XPFixture.install(db)
@@ -326,6 +408,11 @@ import Testing
       try db.sql("INSERT INTO sluice.endpoints (name, url) VALUES ('f', 'file:///etc/passwd')")
     }
     #expect(throws: (any Error).self) { try db.sql("SELECT sluice.add_webhook('t', 'missing')") }
+    // A batch that queues a delivery commits synchronously, even when begun asynchronous.
+    try db.sql("BEGIN; SET LOCAL synchronous_commit = off")
+    try db.sql("SELECT sluice.queue_delivery('e', '{}', 'x.y', '1', 't', 'ann')")
+    #expect(try db.scalar("SHOW synchronous_commit") == "on")
+    try db.sql("ROLLBACK")
   }
 }
 

@@ -68,7 +68,14 @@ public struct Operations {
       let outcome = try Self.holdingLock(of: dead, on: connection) { try retry(dead, environment) }
       results.append((dead, outcome.0, outcome.1))
     }
+    try Self.notifyDeliverer(connection)
     return results
+  }
+
+  /// Deliveries queued here (by handlers run from this process) or put back
+  /// may sit behind the deliverer's cursor: it looks again when notified.
+  static func notifyDeliverer(_ connection: PGConnection) throws {
+    try connection.simpleQuery("NOTIFY sluice_outbox")
   }
 
   /// One `dlq retry` or `discard` per dead event at a time (the daemon never touches dead rows).
@@ -185,8 +192,10 @@ public struct Operations {
       slot: configuration.slot, logger: logger)
     try reader.simpleQuery("BEGIN")
     defer { _ = try? reader.simpleQuery("COMMIT") }
-    return try Backfill.run(
+    let rows = try Backfill.run(
       source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
+    try Self.notifyDeliverer(connection)
+    return rows
   }
 
   static func typedRow(_ result: QueryResult, _ values: [String?]) -> Row {

@@ -45,10 +45,12 @@ extension Operations {
     let connection = try connect("sluice-outbox")
     defer { connection.close() }
     let filter = id == nil ? "status = 'dead'" : "id = $1 AND status IN ('dead', 'pending')"
-    return try connection.query(
+    let count = try connection.query(
       "UPDATE sluice.outbox SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE \(filter)",
       id.map { ["\($0)"] } ?? []
     ).affectedRows
+    try Self.notifyDeliverer(connection)
+    return count
   }
 
   /// Gives up on a pending or dead delivery: its row is deleted. Returns how many.

@@ -54,10 +54,19 @@ final class OutboxDeliverer: @unchecked Sendable {
   private var schedulers: [String: DeliveryScheduler] = [:]
   private var flights: [Int64: Flight] = [:]
   private var outcomes: [Outcome] = []
+  /// Per endpoint, how far a walk from the start of the table has got
+  /// (absent: not walking): it finds deliveries put back by `outbox retry`,
+  /// committed out of id order by another process, or passed over by a full chain.
+  private var rescans: [String: Int64] = [:]
 
-  /// Pending deliveries held in memory per endpoint.
+  /// Pending deliveries held in memory per endpoint, and per actor.
   static let window = 10_000
+  static let chainWindow = 64
   static let pageSize = 1000
+  /// Pages a walk reads each time the loop goes round, so that it never holds deliveries up for long.
+  static let rescanPagesPerRound = 5
+  /// The channel `outbox retry`, `dlq retry` and `backfill` notify: look for deliveries behind the cursor.
+  static let channel = "sluice_outbox"  // Operations.notifyDeliverer
   /// On a stop, how long deliveries in flight may take to finish.
   static let stopGraceMilliseconds = 2000
 
@@ -115,7 +124,13 @@ final class OutboxDeliverer: @unchecked Sendable {
   private func session(_ backoff: inout Backoff) throws {
     let sql = try PGConnection(conninfo: conninfo, applicationName: "sluice-outbox")
     defer { sql.close() }
-    try sql.simpleQuery("SET synchronous_commit = off")
+    // A multi-host URL may reach a standby, where the outcomes could not be written.
+    if try sql.query("SELECT pg_is_in_recovery()").scalar == "t" {
+      throw ServerIsStandby(description: "the outbox connection reached a standby")
+    }
+    // A lock held by someone else on outbox rows must not stall the deliverer (nor a stop) for long.
+    try sql.simpleQuery(
+      "SET synchronous_commit = off; SET lock_timeout = '5s'; SET statement_timeout = '60s'; LISTEN \(Self.channel)")
     var waiting = false
     while try sql.query("SELECT pg_try_advisory_lock(hashtext('sluice.outbox'))").scalar != "t" {
       if !waiting {
@@ -127,6 +142,7 @@ final class OutboxDeliverer: @unchecked Sendable {
     }
     backoff.reset()
     schedulers.removeAll()
+    rescans.removeAll()
     var nextEndpointLoad: Int64 = 0
     var nextRead: Int64 = 0
     var nextRescan: Int64 = 0
@@ -137,17 +153,19 @@ final class OutboxDeliverer: @unchecked Sendable {
         try loadEndpoints(sql)
         nextEndpointLoad = now + 1000
       }
-      if now >= nextRescan {
-        // From the start again: deliveries put back by `outbox retry`, or
-        // committed out of id order by another process.
-        for name in schedulers.keys { schedulers[name]?.cursor = 0 }
-        nextRescan = now + 5000
-        nextRead = 0
-      }
       if poked.exchange(false, ordering: .relaxed) || now >= nextRead {
         try readPending(sql, now: now)
         nextRead = now + 1000
       }
+      let notified = try sql.takeNotifications()
+      for name in schedulers.keys where rescans[name] == nil {
+        if notified || now >= nextRescan || schedulers[name]?.refillWanted == true {
+          schedulers[name]?.startRescan()
+          rescans[name] = 0
+        }
+      }
+      if now >= nextRescan { nextRescan = now + 60_000 }
+      try walk(sql, now: now)
       if now >= nextGauges {
         try refreshGauges(sql)
         nextGauges = now + 10_000
@@ -156,10 +174,15 @@ final class OutboxDeliverer: @unchecked Sendable {
       let finished = transfers.perform()
       record(finished)
       try writeOutcomes(sql)
-      if finished.isEmpty {
-        var wait = min(nextRead, nextEndpointLoad, nextRescan) - Clock.unixMilliseconds()
-        if let due = schedulers.values.compactMap(\.nextDue).min() { wait = min(wait, due - Clock.unixMilliseconds()) }
-        transfers.wait(milliseconds: Int(max(1, wait)))
+      if finished.isEmpty, rescans.isEmpty {
+        // Until the next read, or the next retry due at an endpoint with room for it
+        // (a full endpoint is woken by its transfers finishing).
+        var until = min(nextRead, nextEndpointLoad, nextRescan)
+        for (name, scheduler) in schedulers {
+          guard let due = scheduler.nextDue, scheduler.inFlight < (endpoints[name]?.maxInFlight ?? 0) else { continue }
+          until = min(until, due)
+        }
+        transfers.wait(milliseconds: Int(max(1, until - Clock.unixMilliseconds())))
       }
     }
     try finishInFlight(sql)
@@ -191,7 +214,7 @@ final class OutboxDeliverer: @unchecked Sendable {
     }
     endpoints = loaded
     for name in loaded.keys where schedulers[name] == nil {
-      schedulers[name] = DeliveryScheduler(capacity: Self.window)
+      schedulers[name] = DeliveryScheduler(capacity: Self.window, chainCapacity: Self.chainWindow)
     }
     // An endpoint deleted: its deliveries stay pending (`outbox list` shows them).
     for name in schedulers.keys where loaded[name] == nil && schedulers[name]?.inFlight == 0 {
@@ -204,21 +227,54 @@ final class OutboxDeliverer: @unchecked Sendable {
     for name in schedulers.keys.sorted() {
       for _ in 0..<(Self.window / Self.pageSize) {
         guard let scheduler = schedulers[name], scheduler.room > 0 else { break }
-        let rows = try sql.query(
-          """
-          SELECT id, actor, attempts,
-            CASE WHEN attempts = 0 THEN 0 ELSE (extract(epoch FROM next_attempt_at) * 1000)::bigint END
-          FROM sluice.outbox WHERE status = 'pending' AND endpoint = $1 AND id > $2 ORDER BY id LIMIT $3
-          """, [name, "\(scheduler.cursor)", "\(Self.pageSize)"]
-        ).rows
-        let entries = rows.compactMap { row -> OutboxEntry? in
-          guard let id = row[0].flatMap({ Int64($0) }) else { return nil }
-          return OutboxEntry(
-            id: id, actor: row[1], attempts: Int(row[2] ?? "") ?? 0, dueAt: row[3].flatMap { Int64($0) } ?? 0)
-        }
-        schedulers[name]?.add(entries, now: now)
-        if rows.count < Self.pageSize { break }
+        let entries = try page(sql, endpoint: name, after: scheduler.cursor)
+        let reached = schedulers[name]?.add(entries, now: now)
+        if entries.count < Self.pageSize || reached != entries.last?.id { break }
       }
+    }
+  }
+
+  /// Walks each endpoint's pending deliveries from the start, a few pages a round, up to its cursor.
+  private func walk(_ sql: PGConnection, now: Int64) throws {
+    for (name, from) in rescans {
+      guard let cursor = schedulers[name]?.cursor else {
+        rescans[name] = nil
+        continue
+      }
+      var position = from
+      var done = false
+      for _ in 0..<Self.rescanPagesPerRound {
+        guard schedulers[name]?.room ?? 0 > 0 else {
+          done = true  // the window is full: a chain that drains asks for the next walk
+          break
+        }
+        let entries = try page(sql, endpoint: name, after: position, through: cursor)
+        let reached = schedulers[name]?.add(entries, now: now)
+        if entries.count < Self.pageSize, reached == entries.last?.id {
+          done = true
+          break
+        }
+        guard let reached, reached > position else { break }
+        position = reached
+      }
+      rescans[name] = done ? nil : position
+    }
+  }
+
+  /// One page of an endpoint's pending deliveries, in id order.
+  private func page(_ sql: PGConnection, endpoint: String, after: Int64, through: Int64 = .max) throws
+    -> [OutboxEntry]
+  {
+    try sql.query(
+      """
+      SELECT id, actor, attempts,
+        CASE WHEN attempts = 0 THEN 0 ELSE (extract(epoch FROM next_attempt_at) * 1000)::bigint END
+      FROM sluice.outbox WHERE status = 'pending' AND endpoint = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4
+      """, [endpoint, "\(after)", "\(through)", "\(Self.pageSize)"]
+    ).rows.compactMap { row in
+      guard let id = row[0].flatMap({ Int64($0) }) else { return nil }
+      return OutboxEntry(
+        id: id, actor: row[1], attempts: Int(row[2] ?? "") ?? 0, dueAt: row[3].flatMap { Int64($0) } ?? 0)
     }
   }
 
@@ -285,11 +341,17 @@ final class OutboxDeliverer: @unchecked Sendable {
       let decision = rules.decide(result, attempts: flight.entry.attempts + 1, unit: .random(in: 0..<1))
       var error = outcome.error
       if let status = outcome.status, !(200...299).contains(status) {
-        let prefix = outcome.bodyPrefix.filter { !$0.isNewline }
+        let prefix = Self.printable(outcome.bodyPrefix)
         error = "HTTP \(status)" + (prefix.isEmpty ? "" : ": \(prefix)")
       }
       finish(flight, decision, status: outcome.status, error: error, seconds: outcome.seconds)
     }
+  }
+
+  /// A receiver's text, fit for `last_error` and a log line: control characters (NUL among them) become spaces.
+  static func printable(_ text: String) -> String {
+    String(String.UnicodeScalarView(text.unicodeScalars.map { $0.properties.generalCategory == .control ? " " : $0 }))
+      .trimmingCharacters(in: .whitespaces)
   }
 
   private func finish(_ flight: Flight, _ decision: DeliveryDecision, status: Int?, error: String?, seconds: Double) {

@@ -160,7 +160,9 @@ struct FastStrategy: ApplyStrategy {
           case .handle(let index):
             let unit = units[index]
             if case .handle(.sql(let function)) = unit.work, let wrapper = environment.guards.wrapper(for: function) {
-              let slot = try batch.send(capturing: "SELECT \(wrapper)($1::jsonb)", [unit.event.json()])
+              let slot = try batch.send(
+                capturing: "SELECT \(wrapper)($1::jsonb, $2)",
+                [unit.event.json(), SQLFunctionHandler.emitContext(unit.event)])
               guarded.append((entries.count, slot))
               entries.append(unit.entry(.applied, reason: nil, attempts: attempt))
             } else {

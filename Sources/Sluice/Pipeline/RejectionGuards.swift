@@ -48,9 +48,11 @@ final class RejectionGuards {
       do {
         try connection.simpleQuery(
           """
-          CREATE FUNCTION pg_temp.\(name)(e jsonb) RETURNS text LANGUAGE plpgsql AS $sluice_guard$
+          CREATE FUNCTION pg_temp.\(name)(e jsonb, emit_context text) RETURNS text LANGUAGE plpgsql AS $sluice_guard$
           BEGIN
+            PERFORM set_config('sluice.event', emit_context, true);
             PERFORM \(call)(e);
+            PERFORM set_config('sluice.event', '', true);
             RETURN NULL;
           EXCEPTION WHEN SQLSTATE 'SL001' THEN
             RETURN SQLERRM;

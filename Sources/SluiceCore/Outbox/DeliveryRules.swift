@@ -48,7 +48,8 @@ public struct DeliveryRules: Sendable, Equatable {
     }
     guard attempts < maxAttempts else { return .dead }
     if let retryAfter {
-      return .retry(afterMilliseconds: min(Self.ceilingMilliseconds, max(0, retryAfter) * 1000))
+      // Clamped before scaling: a receiver's header must not overflow the arithmetic.
+      return .retry(afterMilliseconds: min(max(0, retryAfter), Self.ceilingMilliseconds / 1000) * 1000)
     }
     var backoff = Backoff(
       baseMilliseconds: backoffMilliseconds, capMilliseconds: Self.ceilingMilliseconds, attempt: attempts - 1)

@@ -23,8 +23,9 @@ public struct OutboxEntry: Sendable, Equatable {
 ///   delivered or dead. A head waiting for a retry holds its chain back.
 /// - Different actors go in parallel: `take` hands out due heads, lowest id
 ///   first, up to the endpoint's `max_in_flight`.
-/// - At most `capacity` entries are held: pending deliveries are read in
-///   pages (`cursor`: the highest id read), never all at once.
+/// - At most `capacity` entries are held, and `chainCapacity` per actor:
+///   pending deliveries are read in pages (`cursor`: the highest id read),
+///   never all at once; what a full chain passes over is read again later.
 public struct DeliveryScheduler: Sendable {
   struct Chain: Sendable {
     var entries: [OutboxEntry] = []
@@ -34,6 +35,9 @@ public struct DeliveryScheduler: Sendable {
     var busy: Bool { busyID != nil }
     var head: OutboxEntry? { start < entries.count ? entries[start] : nil }
     var isEmpty: Bool { start >= entries.count }
+    var count: Int { entries.count - start }
+    /// Entries of this actor were passed over since the last rescan began.
+    var truncated = false
 
     mutating func insert(_ entry: OutboxEntry) {
       var index = entries.count
@@ -63,42 +67,71 @@ public struct DeliveryScheduler: Sendable {
   }
 
   public let capacity: Int
+  /// The most entries one actor's chain holds: a client with a long
+  /// backlog to a failing endpoint cannot fill the window and stall others.
+  public let chainCapacity: Int
   /// The highest id read so far: the next page starts after it.
   public var cursor: Int64 = 0
-  private var chains: [String?: Chain] = [:]
-  /// id → its chain's actor, for every entry held.
-  private var actorOf: [Int64: String?] = [:]
+  /// A chain that passed entries over (it was full) has room again: a
+  /// rescan from the start is wanted. Cleared by `startRescan`.
+  public private(set) var refillWanted = false
+  /// Chains by actor, compared byte-wise as Postgres compares text.
+  private var chains: [Bytewise?: Chain] = [:]
+  /// id → its chain, for every entry held.
+  private var chainOf: [Int64: Bytewise?] = [:]
   /// Heads that are due and idle, by id (stale ones are skipped when popped).
   private var ready = MinHeap<Int64>()
   /// Heads waiting for their time, by due time.
   private var waiting = MinHeap<Due>()
   public private(set) var inFlight = 0
 
-  public init(capacity: Int = 10_000) { self.capacity = capacity }
+  public init(capacity: Int = 10_000, chainCapacity: Int = 64) {
+    self.capacity = capacity
+    self.chainCapacity = chainCapacity
+  }
 
   /// Entries held (in flight included).
-  public var held: Int { actorOf.count }
+  public var held: Int { chainOf.count }
   /// How many more entries a page may bring.
   public var room: Int { max(0, capacity - held) }
-  public func holds(_ id: Int64) -> Bool { actorOf[id] != nil }
+  public func holds(_ id: Int64) -> Bool { chainOf[id] != nil }
 
-  /// Adds a page read after `cursor`, in id order, while there is room;
-  /// the cursor moves past what was added and what was already held.
-  public mutating func add(_ entries: [OutboxEntry], now: Int64) {
+  /// Adds a page read in id order while the window has room, and returns
+  /// the last id it got to (`cursor` moves up to it). An entry already held
+  /// takes the table's attempts and due time unless it is in flight (an
+  /// operator's `outbox retry`); one whose chain is full is passed over
+  /// (its chain is marked, and `refillWanted` once it drains).
+  @discardableResult
+  public mutating func add(_ entries: [OutboxEntry], now: Int64) -> Int64? {
+    var reached: Int64?
     for entry in entries {
-      if actorOf[entry.id] != nil {
-        cursor = max(cursor, entry.id)
-        continue
+      if let key = chainOf[entry.id] {
+        refresh(entry, in: key, now: now)
+      } else {
+        guard room > 0 else { break }
+        let key = entry.actor.map(Bytewise.init)
+        if chains[key, default: Chain()].count >= chainCapacity {
+          chains[key]?.truncated = true
+        } else {
+          chainOf[entry.id] = key
+          let oldHead = chains[key]?.head?.id
+          chains[key, default: Chain()].insert(entry)
+          if chains[key]?.busy == false, chains[key]?.head?.id != oldHead { schedule(entry, now: now) }
+        }
       }
-      guard room > 0 else { return }
-      actorOf[entry.id] = entry.actor
-      cursor = max(cursor, entry.id)
-      var chain = chains[entry.actor] ?? Chain()
-      let oldHead = chain.head
-      chain.insert(entry)
-      chains[entry.actor] = chain
-      if !chain.busy, chain.head?.id != oldHead?.id { schedule(entry, now: now) }
+      reached = entry.id
     }
+    if let reached { cursor = max(cursor, reached) }
+    return reached
+  }
+
+  private mutating func refresh(_ entry: OutboxEntry, in key: Bytewise?, now: Int64) {
+    guard let chain = chains[key], chain.busyID != entry.id, let index = chain.index(of: entry.id) else { return }
+    let held = chain.entries[index]
+    guard held.attempts != entry.attempts || held.dueAt != entry.dueAt else { return }
+    chains[key]?.entries[index].attempts = entry.attempts
+    chains[key]?.entries[index].dueAt = entry.dueAt
+    if index == chain.start, !chain.busy { schedule(entry, now: now) }
   }
 
   /// Due heads, lowest id first, at most `limit`; each is then in flight until `finished`.
@@ -109,14 +142,13 @@ public struct DeliveryScheduler: Sendable {
     }
     var taken: [OutboxEntry] = []
     while taken.count < limit, let id = ready.popMin() {
-      guard let actor = actorOf[id], var chain = chains[actor], !chain.busy, let head = chain.head, head.id == id
+      guard let key = chainOf[id], let chain = chains[key], !chain.busy, let head = chain.head, head.id == id
       else { continue }  // stale: no longer an idle head
       guard head.dueAt <= now else {
         waiting.insert(Due(at: head.dueAt, id: id))
         continue
       }
-      chain.busyID = id
-      chains[actor] = chain
+      chains[key]?.busyID = id
       inFlight += 1
       taken.append(head)
     }
@@ -126,23 +158,29 @@ public struct DeliveryScheduler: Sendable {
   /// An entry taken is done: delivered, dead or gone (`retryAt` nil), or to
   /// be tried again at `retryAt`. Its chain's next entry becomes the head.
   public mutating func finished(_ id: Int64, attempts: Int, retryAt: Int64?, now: Int64) {
-    guard let actor = actorOf[id], var chain = chains[actor], chain.busyID == id, let index = chain.index(of: id)
+    guard let key = chainOf[id], let chain = chains[key], chain.busyID == id, let index = chain.index(of: id)
     else { return }
-    chain.busyID = nil
+    chains[key]?.busyID = nil
     inFlight -= 1
     if let retryAt {
-      chain.entries[index].attempts = attempts
-      chain.entries[index].dueAt = retryAt
+      chains[key]?.entries[index].attempts = attempts
+      chains[key]?.entries[index].dueAt = retryAt
     } else {
-      chain.remove(at: index)
-      actorOf[id] = nil
+      chains[key]?.remove(at: index)
+      chainOf[id] = nil
+      if chain.truncated { refillWanted = true }
     }
-    if chain.isEmpty {
-      chains[actor] = nil
+    guard let head = chains[key]?.head else {
+      chains[key] = nil
       return
     }
-    chains[actor] = chain
-    if let head = chain.head { schedule(head, now: now) }
+    schedule(head, now: now)
+  }
+
+  /// A walk from the start of the table begins: chains that pass entries over from now on are marked anew.
+  public mutating func startRescan() {
+    refillWanted = false
+    for key in chains.keys { chains[key]?.truncated = false }
   }
 
   /// When the earliest waiting head falls due (nil: none waits).
