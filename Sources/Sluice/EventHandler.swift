@@ -153,19 +153,10 @@ public struct SQLFunctionHandler: EventHandler {
   /// What `sluice.emit` needs to know of the event.
   static func emitContext(_ event: Event) -> String {
     var writer = JSONWriter(capacity: 128)
-    writer.raw("{")
-    writer.key("source")
-    writer.string(event.source)
-    writer.raw(",")
-    writer.key("id")
-    writer.string(event.id)
-    writer.raw(event.idIsSynthetic ? ",\"synthetic\":true," : ",")
-    writer.key("type")
-    writer.string(event.type)
-    writer.raw(",")
-    writer.key("actor")
-    if let actor = event.actor { writer.string(actor) } else { writer.raw("null") }
-    writer.raw("}")
+    writer.object([
+      ("source", .text(event.source)), ("id", .text(event.id)), ("synthetic", .bool(event.idIsSynthetic)),
+      ("type", .text(event.type)), ("actor", event.actor.map(ColumnValue.text) ?? .null),
+    ])
     return String(decoding: writer.bytes, as: UTF8.self)
   }
 

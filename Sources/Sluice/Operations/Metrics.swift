@@ -154,12 +154,20 @@ public final class Metrics: Sendable {
     for (endpoint, histogram) in state.deliverySeconds.sorted(by: { $0.key < $1.key }) {
       series("sluice_outbox_delivery_seconds", histogram, labels: "endpoint=\"\(Self.escape(endpoint))\"")
     }
-    header("sluice_outbox_pending", "gauge", "Webhook deliveries waiting to be sent (refreshed every 10 s).")
-    out += "sluice_outbox_pending \(state.outboxPending)\n"
-    header("sluice_outbox_dead", "gauge", "Webhook deliveries that are dead (refreshed every 10 s).")
-    out += "sluice_outbox_dead \(state.outboxDead)\n"
-    header("sluice_outbox_oldest_pending_seconds", "gauge", "Age of the oldest pending webhook delivery.")
-    out += "sluice_outbox_oldest_pending_seconds \(state.outboxOldestPendingSeconds)\n"
+    for (name, help, value) in [
+      (
+        "sluice_outbox_pending", "Webhook deliveries waiting to be sent (refreshed every 10 s).",
+        "\(state.outboxPending)"
+      ),
+      ("sluice_outbox_dead", "Webhook deliveries that are dead (refreshed every 10 s).", "\(state.outboxDead)"),
+      (
+        "sluice_outbox_oldest_pending_seconds", "Age of the oldest pending webhook delivery.",
+        "\(state.outboxOldestPendingSeconds)"
+      ),
+    ] {
+      header(name, "gauge", help)
+      out += "\(name) \(value)\n"
+    }
     return out
   }
 
