@@ -20,5 +20,7 @@ public enum SchemaMigrations {
       version: 3, name: "003_poison_and_limits",
       sql: String(decoding: PackageResources._03_poison_and_limits_sql, as: UTF8.self)),
     Migration(version: 4, name: "004_outbox", sql: String(decoding: PackageResources._04_outbox_sql, as: UTF8.self)),
+    Migration(
+      version: 5, name: "005_retention", sql: String(decoding: PackageResources._05_retention_sql, as: UTF8.self)),
   ]
 }

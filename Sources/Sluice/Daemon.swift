@@ -144,6 +144,14 @@ public final class Daemon: @unchecked Sendable {
       logger: logger, metrics: metrics)
     deliverer.start()
     defer { deliverer.stopAndWait() }
+    // And only it deletes processed source rows (retention).
+    let retention =
+      configuration.retentionIntervalSeconds > 0
+      ? RetentionWorker(
+        conninfo: url, slot: configuration.slot, intervalSeconds: configuration.retentionIntervalSeconds,
+        logger: logger, metrics: metrics) : nil
+    retention?.start()
+    defer { retention?.stopAndWait() }
 
     let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice")
     defer { stream.close() }

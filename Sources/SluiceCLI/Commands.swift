@@ -28,7 +28,7 @@ struct SluiceCommand: ParsableCommand {
     version: SluiceVersion.current,
     subcommands: [
       RunCommand.self, MigrateCommand.self, StatusCommand.self, CheckCommand.self, DeadLetterCommand.self,
-      BackfillCommand.self, TailCommand.self, OutboxCommand.self,
+      BackfillCommand.self, TailCommand.self, OutboxCommand.self, CompactCommand.self,
     ]
   )
 }
@@ -297,6 +297,24 @@ struct OutboxCommand: ParsableCommand {
         throw ExitCode(1)
       }
       print("discarded delivery \(id)")
+    }
+  }
+}
+
+struct CompactCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "compact",
+    abstract: "One retention pass now: delete the processed rows of sources with retain, and say how many.")
+
+  @Flag(help: "Delete nothing; print how many rows would go.") var dryRun = false
+
+  func run() throws {
+    let config = loadConfiguration()
+    let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
+    let outcomes = try reportingFailure("compact") { try operations.compact(dryRun: dryRun) }
+    if outcomes.isEmpty { print("no source has retain set (or the slot does not exist yet)") }
+    for outcome in outcomes {
+      print("\(outcome.relation): \(dryRun ? "would delete" : "deleted") \(outcome.rows) rows")
     }
   }
 }

@@ -37,6 +37,8 @@ public final class Metrics: Sendable {
     var outboxPending = 0
     var outboxDead = 0
     var outboxOldestPendingSeconds = 0.0
+    /// Source rows deleted by retention, by source.
+    var retainedRows: [String: Int] = [:]
   }
 
   struct Delivery: Hashable {
@@ -97,6 +99,9 @@ public final class Metrics: Sendable {
     }
   }
 
+  /// A retention pass deleted rows of a source (0 too: the series exists once retention ran).
+  func retained(source: String, rows: Int) { state.withLock { $0.retainedRows[source, default: 0] += rows } }
+
   func reconnected() { state.withLock { $0.reconnects += 1 } }
   func setStreaming(_ streaming: Bool) { state.withLock { $0.streaming = streaming } }
   var lagBytes: Int { state.withLock { $0.lagBytes } }
@@ -153,6 +158,10 @@ public final class Metrics: Sendable {
     header("sluice_outbox_delivery_seconds", "histogram", "Time of one delivery attempt, by endpoint name.")
     for (endpoint, histogram) in state.deliverySeconds.sorted(by: { $0.key < $1.key }) {
       series("sluice_outbox_delivery_seconds", histogram, labels: "endpoint=\"\(Self.escape(endpoint))\"")
+    }
+    header("sluice_retention_deleted_rows_total", "counter", "Source rows deleted by retention, by source.")
+    for (source, rows) in state.retainedRows.sorted(by: { $0.key < $1.key }) {
+      out += "sluice_retention_deleted_rows_total{source=\"\(Self.escape(source))\"} \(rows)\n"
     }
     for (name, help, value) in [
       (

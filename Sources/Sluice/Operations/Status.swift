@@ -15,6 +15,8 @@ public struct StatusReport: Sendable {
   public var counts: [String: Int]
   public var dead: [Operations.DeadEvent]
   public var outbox: Outbox
+  /// Per source with `retain`: final rows retention may delete now.
+  public var retentionWaiting: [Retention.Outcome]
 
   /// Webhook deliveries (SPEC section 9).
   public struct Outbox: Sendable {
@@ -58,6 +60,9 @@ public struct StatusReport: Sendable {
       ("pending", .int(Int64(outbox.pending))), ("dead", .int(Int64(outbox.dead))),
       ("oldest_pending_seconds", optional(outbox.oldestPendingSeconds, ColumnValue.float)),
     ])
+    writer.raw(",")
+    writer.key("retention_waiting")
+    writer.object(retentionWaiting.map { ($0.relation, .int(Int64($0.rows))) })
     writer.raw("}")
     return String(decoding: writer.bytes, as: UTF8.self)
   }
@@ -83,6 +88,9 @@ public struct StatusReport: Sendable {
     lines.append(
       "outbox     pending \(outbox.pending), dead \(outbox.dead)"
         + (outbox.oldestPendingSeconds.map { ", oldest pending \(format2($0)) s" } ?? ""))
+    for source in retentionWaiting {
+      lines.append("retention  \(source.relation): \(source.rows) processed rows waiting to be deleted")
+    }
     return lines.joined(separator: "\n")
   }
 
@@ -116,7 +124,8 @@ extension Operations {
       streaming: slot?[0] == "t", streamingPID: slot.flatMap { $0[1] }.flatMap { Int($0) },
       confirmedLSN: slot.flatMap { $0[2] }, lagBytes: lagBytes, lagSeconds: lagSeconds,
       retainedWALBytes: slot.flatMap { $0[4] }.flatMap { Int($0) }, counts: counts,
-      dead: try deadEvents(), outbox: try Self.outboxSummary(connection))
+      dead: try deadEvents(), outbox: try Self.outboxSummary(connection),
+      retentionWaiting: try Retention.waiting(connection, slot: configuration.slot))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may

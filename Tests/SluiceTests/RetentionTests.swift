@@ -1,0 +1,182 @@
+import Foundation
+import Sluice
+import Testing
+
+/// SPEC section 10: processed source rows deleted once final; the ledger
+/// and the derived state untouched; never beyond the slot, never by a standby.
+@Suite struct RetentionTests {
+  static func rows(_ db: TestDatabase) throws -> [String] {
+    try db.sql("SELECT id FROM xp.actions ORDER BY id").rows.map { $0[0] ?? "" }
+  }
+
+  static func compact(_ db: TestDatabase, dryRun: Bool = false) throws -> String {
+    let (status, output, error) = try runCommand(db, ["compact"] + (dryRun ? ["--dry-run"] : []))
+    #expect(status == 0, "\(error)")
+    return output.trimmingCharacters(in: .whitespacesAndNewlines)
+  }
+
+  /// Waits until the slot has confirmed everything written so far.
+  static func caughtUp(_ db: TestDatabase, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let target = try #require(try db.scalar("SELECT pg_current_wal_lsn()::text"))
+    #expect(
+      try eventually(20, "the slot to confirm \(target)", sourceLocation: sourceLocation) {
+        try db.scalar(
+          "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", [target, db.slot])
+          == "t"
+      }, sourceLocation: sourceLocation)
+  }
+
+  @Test func finalRowsGoAfterRetainDeadOnesOnceResolvedReplaysAndKeysStay() throws {
+    let db = try TestDatabase("retention_rules")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann", "bob"])
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0", "SLUICE_MAX_ATTEMPTS": "1"])
+    try XPFixture.insert(
+      db,
+      [
+        ("applied", "ann", "award", 5, "k1"), ("rejected", "ann", "award", 0, nil), ("denied", "eve", "award", 5, nil),
+        ("dup", "ann", "award", 5, "k1"), ("dead", "bob", "flaky", 1, nil),
+      ])
+    let expected = [
+      "applied": "applied", "rejected": "rejected", "denied": "denied", "dup": "duplicate", "dead": "dead",
+    ]
+    #expect(try eventually(20, "the ledger") { try XPFixture.statuses(db) == expected })
+    let totals = try XPFixture.totals(db)
+    #expect(totals == ["ann": 5])
+
+    // Younger than retain: nothing goes.
+    try db.sql("UPDATE sluice.sources SET retain = '1 hour' WHERE relation = 'xp.actions'")
+    #expect(try Self.compact(db) == "xp.actions: deleted 0 rows")
+    #expect(try Self.rows(db).count == 5)
+
+    // Older than retain: every final status goes, the dead one stays; the dry run counts the same.
+    try db.sql("UPDATE sluice.sources SET retain = '0 seconds' WHERE relation = 'xp.actions'")
+    try Self.caughtUp(db)
+    #expect(try Self.compact(db, dryRun: true) == "xp.actions: would delete 4 rows")
+    #expect(try Self.rows(db).count == 5)
+    let (_, status, _) = try runCommand(db, ["status", "--json"])
+    #expect(status.contains(#""retention_waiting":{"xp.actions":4}"#), "\(status)")
+    #expect(try Self.compact(db) == "xp.actions: deleted 4 rows")
+    #expect(try Self.rows(db) == ["dead"])
+    #expect(try Self.compact(db) == "xp.actions: deleted 0 rows")
+
+    // Not events: the derived state and the ledger are as they were.
+    #expect(try XPFixture.statuses(db) == expected)
+    #expect(try XPFixture.totals(db) == totals)
+
+    // A deleted id inserted again is a replay; a deleted row's dedupe key is still owned.
+    try XPFixture.insert(db, [("applied", "ann", "award", 50, nil)])
+    try XPFixture.insert(db, [("again", "ann", "award", 7, "k1"), ("marker", "bob", "award", 1, nil)])
+    #expect(try eventually(20) { try XPFixture.statuses(db)["marker"] == "applied" })
+    #expect(try XPFixture.statuses(db)["again"] == "duplicate")
+    #expect(try XPFixture.ledgerCount(db) == 7)
+    #expect(try XPFixture.totals(db) == ["ann": 5, "bob": 1])
+
+    // The dead event's row goes once it is resolved.
+    try db.sql("UPDATE xp.switches SET failing = false")
+    #expect(try runCommand(db, ["dlq", "retry", "dead"]).0 == 0)
+    try Self.caughtUp(db)
+    // dead, again and marker. The replayed id's row is not an event: its ledger row was retained
+    // already, so it stays (inert; README "Keep action tables small").
+    #expect(try Self.compact(db) == "xp.actions: deleted 3 rows")
+    #expect(try Self.rows(db) == ["applied"])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  @Test func rowsBeyondTheSlotsConfirmedPositionStay() throws {
+    let db = try TestDatabase("retention_slot")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql("UPDATE sluice.sources SET retain = '0 seconds'")
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0"])
+    try XPFixture.insert(db, (0..<10).map { ("p\($0)", "ann", "award", 1, nil) })
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 10 })
+    try Self.caughtUp(db)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    // A backlog the stopped daemon has not seen, older than retain by the time compact runs.
+    try XPFixture.insert(db, (0..<20).map { ("b\($0)", "ann", "award", 1, nil) })
+    #expect(try Self.compact(db) == "xp.actions: deleted 10 rows")
+    #expect(try Self.rows(db).count == 20)
+    let again = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0"])
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 30 })
+    #expect(try XPFixture.totals(db) == ["ann": 30])
+    try Self.caughtUp(db)
+    #expect(try Self.compact(db) == "xp.actions: deleted 20 rows")
+    again.signal(SIGTERM)
+    #expect(again.waitForExit() == 0)
+  }
+
+  @Test func theHolderDeletesEveryIntervalAStandbyNever() throws {
+    let db = try TestDatabase("retention_standby")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    let first = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0"])
+    try XPFixture.insert(db, (0..<10).map { ("s\($0)", "ann", "award", 1, nil) })
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 10 })
+    try Self.caughtUp(db)
+    first.signal(SIGTERM)
+    #expect(first.waitForExit() == 0)
+    try db.sql("UPDATE sluice.sources SET retain = '0 seconds'")
+    // Another daemon holds the slot: this connection takes its lock.
+    let holder = try TestDatabase(url: db.url)
+    try holder.sql("SELECT pg_advisory_lock(hashtext('sluice.slot.' || $1))", [db.slot])
+    let metricsPort = try freePort()
+    let standby = try sluice(
+      db, ["run"], ["SLUICE_RETENTION_INTERVAL_S": "1", "SLUICE_METRICS_ADDR": "127.0.0.1:\(metricsPort)"])
+    #expect(try eventually(20, "standing by") { standby.standardError.contains("standing by") })
+    // Three intervals as a standby: nothing deleted.
+    let watched = Date().addingTimeInterval(3)
+    while Date() < watched { usleep(100_000) }
+    #expect(try Self.rows(db).count == 10)
+    holder.connection.close()
+    #expect(try eventually(20, "the new holder deletes") { try Self.rows(db).isEmpty })
+    #expect(
+      try eventually(10) {
+        (try? httpGet(port: metricsPort, path: "/metrics"))?.contains(
+          #"sluice_retention_deleted_rows_total{source="xp.actions"} 10"#) == true
+      })
+    #expect(standby.standardError.contains("retention deleted processed rows"))
+    standby.signal(SIGTERM)
+    #expect(standby.waitForExit() == 0)
+  }
+
+  @Test func insertsKeepTheirLatencyWhileALargeBacklogIsDeleted() throws {
+    let db = try TestDatabase("retention_locks")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "1"])
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+      SELECT 'old' || i, 'ann', 'award', '{"xp": 1}' FROM generate_series(1, 30000) i
+      """)
+    #expect(try eventually(60) { try XPFixture.ledgerCount(db) == 30000 })
+    try Self.caughtUp(db)
+    try db.sql("UPDATE sluice.sources SET retain = '0 seconds'")
+    // Steady inserts, one transaction each, while retention works through the backlog.
+    var latencies: [Double] = []
+    var during = 0
+    let deadline = Date().addingTimeInterval(60)
+    var index = 0
+    while Date() < deadline {
+      let left = Int(try db.scalar("SELECT count(*) FROM xp.actions WHERE id LIKE 'old%'") ?? "") ?? 0
+      if left == 0 { break }
+      if left < 30000 { during += 1 }
+      let started = Date()
+      try db.sql(
+        "INSERT INTO xp.actions (id, user_id, type, payload) VALUES ($1, 'ann', 'award', '{\"xp\": 1}')",
+        ["new\(index)"])
+      latencies.append(Date().timeIntervalSince(started))
+      index += 1
+    }
+    #expect(try db.scalar("SELECT count(*) FROM xp.actions WHERE id LIKE 'old%'") == "0")
+    #expect(during >= 10, "inserts ran while retention deleted: \(during)")
+    let worst = latencies.max() ?? 0
+    print("inserts during retention: \(during), worst latency \(Int(worst * 1000)) ms")
+    #expect(worst < 0.5, "no insert waited for retention's locks")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+}
