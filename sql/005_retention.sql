@@ -6,16 +6,30 @@
 -- How long a source's rows are kept after their events are final; NULL keeps them forever.
 ALTER TABLE sluice.sources ADD COLUMN retain interval CHECK (retain IS NULL OR retain >= interval '0');
 
--- Set once retention deleted the event's source row (or found none to delete).
-ALTER TABLE sluice.event_log ADD COLUMN retained boolean NOT NULL DEFAULT false;
+-- Retention walks each source's ledger rows in commit order from where its
+-- last pass stopped: a pass reads only what it deletes, never the whole
+-- source or ledger, and writes nothing to the ledger (its deletes are the
+-- only WAL it adds). Streamed events by (commit_lsn, event_id); backfilled
+-- ones (no commit LSN) by processing time.
+CREATE INDEX event_log_commit_order ON sluice.event_log (source, commit_lsn, event_id) WHERE commit_lsn IS NOT NULL;
+CREATE INDEX event_log_backfilled ON sluice.event_log (source, processed_at, event_id) WHERE commit_lsn IS NULL;
 
--- What one retention pass looks for, oldest first: final events whose rows
--- are still there. Rows leave the index as they are marked retained, so a
--- pass reads only what it will delete, never the whole source or ledger.
--- Backfilled events have no commit time: their processing time stands in
--- (later than their commit, so never too early).
-CREATE INDEX event_log_retention ON sluice.event_log (source, (coalesce(committed_at, processed_at)))
-  WHERE status IN ('applied', 'rejected', 'denied', 'duplicate') AND NOT retained;
+CREATE TABLE sluice.retention_state (
+  source text PRIMARY KEY,
+  -- Streamed events up to here are done.
+  through_lsn pg_lsn NOT NULL DEFAULT '0/0',
+  through_event_id text NOT NULL DEFAULT '',
+  -- Backfilled events up to here are done.
+  through_processed_at timestamptz NOT NULL DEFAULT '-infinity',
+  through_backfilled_id text NOT NULL DEFAULT ''
+);
+
+-- Dead events a pass went past: their rows go once they are resolved (dlq retry or discard).
+CREATE TABLE sluice.retention_held (
+  source text NOT NULL,
+  event_id text NOT NULL,
+  PRIMARY KEY (source, event_id)
+);
 
 DROP FUNCTION sluice.add_source(text, text, text, text, text, text, text, text);
 -- Registers a source and adds its table to the publication, in one transaction.

@@ -148,7 +148,8 @@ public final class Daemon: @unchecked Sendable {
     let retention =
       configuration.retentionIntervalSeconds > 0
       ? RetentionWorker(
-        conninfo: url, slot: configuration.slot, intervalSeconds: configuration.retentionIntervalSeconds,
+        conninfo: url, slot: configuration.slot, publication: configuration.publication,
+        intervalSeconds: configuration.retentionIntervalSeconds,
         logger: logger, metrics: metrics) : nil
     retention?.start()
     defer { retention?.stopAndWait() }

@@ -315,6 +315,7 @@ struct CompactCommand: ParsableCommand {
     if outcomes.isEmpty { print("no source has retain set (or the slot does not exist yet)") }
     for outcome in outcomes {
       print("\(outcome.relation): \(dryRun ? "would delete" : "deleted") \(outcome.rows) rows")
+      if let kept = outcome.kept { printError("sluice compact: \(outcome.relation): \(kept)") }
     }
   }
 }

@@ -84,6 +84,52 @@ import Testing
     #expect(daemon.waitForExit() == 0)
   }
 
+  /// Attack review: rows that cannot be deleted stay, and the walk goes on; names and ids are taken exactly.
+  @Test func aRowThatCannotGoNeverStopsTheWalk() throws {
+    let db = try TestDatabase("retention_hostile")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      CREATE TABLE xp.refs (action_id text REFERENCES xp.actions (id));
+      CREATE TABLE xp."Mixed" (id text PRIMARY KEY, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}');
+      CREATE TABLE xp.nums (id numeric, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}');
+      ALTER TABLE xp.nums REPLICA IDENTITY FULL;
+      CREATE TABLE xp.nokey (id text, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}');
+      SELECT sluice.add_source('xp."Mixed"', actor_column => 'user_id', event_type_column => 'type', retain => '0 s');
+      SELECT sluice.add_source('xp.nums', actor_column => 'user_id', event_type_column => 'type', retain => '0 s');
+      SELECT sluice.add_source('xp.nokey', actor_column => 'user_id', event_type_column => 'type', retain => '0 s');
+      UPDATE sluice.sources SET retain = '0 s' WHERE relation = 'xp.actions';
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0", "SLUICE_MAX_ATTEMPTS": "1"])
+    try XPFixture.insert(db, [("kept", "ann", "award", 1, nil), ("gone", "ann", "award", 1, nil)])
+    try db.sql(
+      """
+      INSERT INTO xp.refs VALUES ('kept');
+      INSERT INTO xp."Mixed" (id, user_id, type, payload) VALUES ('m1', 'ann', 'award', '{"xp": 1}');
+      INSERT INTO xp.nums (id, user_id, type, payload) VALUES (1.0, 'ann', 'award', '{"xp": 1}'), (1.00, 'ann', 'flaky', '{}');
+      INSERT INTO xp.nokey (id, user_id, type, payload) VALUES ('n1', 'ann', 'award', '{"xp": 1}');
+      """)
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 6 })
+    try Self.caughtUp(db)
+    let (status, output, error) = try runCommand(db, ["compact"])
+    #expect(status == 0, "\(error)")
+    #expect(
+      output.split(separator: "\n").sorted() == [
+        "xp.Mixed: deleted 1 rows", "xp.actions: deleted 1 rows", "xp.nokey: deleted 0 rows",
+        "xp.nums: deleted 1 rows",
+      ], "\(output)")
+    #expect(error.contains("xp.actions: some rows could not be deleted and stay"), "\(error)")
+    #expect(error.contains("xp.nokey: some rows could not be deleted and stay"), "\(error)")
+    #expect(try Self.rows(db) == ["kept"])
+    #expect(try db.sql("SELECT id::text FROM xp.nums").rows == [["1.00"]])  // the dead event's row, not 1.0's
+    #expect(try db.scalar(#"SELECT count(*) FROM xp."Mixed""#) == "0")
+    // The next pass goes on from where this one stopped: nothing left to try.
+    #expect(try runCommand(db, ["compact"]).0 == 0)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
   @Test func rowsBeyondTheSlotsConfirmedPositionStay() throws {
     let db = try TestDatabase("retention_slot")
     try XPFixture.install(db)

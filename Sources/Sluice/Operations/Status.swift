@@ -125,7 +125,8 @@ extension Operations {
       confirmedLSN: slot.flatMap { $0[2] }, lagBytes: lagBytes, lagSeconds: lagSeconds,
       retainedWALBytes: slot.flatMap { $0[4] }.flatMap { Int($0) }, counts: counts,
       dead: try deadEvents(), outbox: try Self.outboxSummary(connection),
-      retentionWaiting: try Retention.waiting(connection, slot: configuration.slot))
+      retentionWaiting: try Retention.waiting(
+        connection, slot: configuration.slot, publication: configuration.publication))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may

@@ -5,15 +5,22 @@ import SluicePostgres
 /// final. Only rows whose ledger status is applied, rejected, denied or
 /// duplicate (never dead), committed longer ago than the source's `retain`,
 /// at or before the slot's confirmed position; in transactions of at most
-/// 1,000 rows. The ledger keeps its rows (marked `retained`), so a deleted id
-/// inserted again is still a replay and dedupe keys stay owned.
+/// 1,000 rows. The ledger keeps its rows, so a deleted id inserted again is
+/// still a replay and dedupe keys stay owned.
 ///
-/// The partial index `event_log_retention` holds exactly the final events
-/// not yet retained, by commit time: a pass reads only what it deletes.
+/// Each source's ledger rows are walked in commit order (index
+/// `event_log_commit_order`) from where the last pass stopped
+/// (`sluice.retention_state`): a pass reads only what it deletes. The walk
+/// stops at the first event younger than `retain` or beyond the slot's
+/// confirmed position. Dead events it goes past are remembered
+/// (`sluice.retention_held`) and their rows go once they are resolved.
+/// Backfilled events (no commit LSN) are walked by processing time.
 public enum Retention {
   /// A source with `retain` set, and what a pass needs to find its rows.
   struct Source {
     var relation: String
+    /// The table's name quoted for SQL (`format('%I.%I')`: mixed case and dots survive).
+    var table: String
     var idColumn: String
     /// The id column's type as SQL (`format_type`): ledger ids are cast back to it, so the delete uses its index.
     var idType: String
@@ -24,40 +31,46 @@ public enum Retention {
   public struct Outcome: Sendable, Equatable {
     public var relation: String
     public var rows: Int
+    /// How long the source's part of the pass took.
+    public var seconds: Double = 0
+    /// Why some rows could not be deleted (they stay; the walk went on).
+    public var kept: String?
   }
 
-  /// Rows per transaction: locks stay short and a busy source is not held up.
-  static let batchRows = 1000
+  /// Rows per transaction (the SPEC allows up to 1,000): locks stay short,
+  /// a busy source is not held up, and the walsender decodes each batch in
+  /// a few milliseconds before the live events committed after it.
+  static let batchRows = 500
 
-  static func sources(_ connection: PGConnection) throws -> [Source] {
+  /// The sources with `retain` that this daemon's publication publishes (two
+  /// daemons on two slots each retain their own sources, by their own slot).
+  static func sources(_ connection: PGConnection, publication: String) throws -> [Source] {
     try connection.query(
       """
-      SELECT s.relation, s.id_column, format_type(a.atttypid, a.atttypmod), s.retain::text
+      SELECT s.relation, format('%I.%I', n.nspname, c.relname), s.id_column, format_type(a.atttypid, a.atttypmod),
+             s.retain::text
       FROM sluice.sources s
-      JOIN pg_attribute a ON a.attrelid = to_regclass(s.relation) AND a.attname = s.id_column AND NOT a.attisdropped
-      WHERE s.retain IS NOT NULL ORDER BY s.relation
-      """
+      JOIN pg_class c ON c.relkind IN ('r', 'p')
+      JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname || '.' || c.relname = s.relation
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = s.id_column AND NOT a.attisdropped
+      WHERE s.retain IS NOT NULL
+        AND EXISTS (SELECT 1 FROM pg_publication_tables p
+                    WHERE p.pubname = $1 AND p.schemaname = n.nspname AND p.tablename = c.relname)
+      ORDER BY s.relation
+      """, [publication]
     ).rows.compactMap { row in
-      guard let relation = row[0], let id = row[1], let type = row[2], let retain = row[3] else { return nil }
-      return Source(relation: relation, idColumn: id, idType: type, retain: retain)
+      guard let relation = row[0], let table = row[1], let id = row[2], let type = row[3], let retain = row[4]
+      else { return nil }
+      return Source(relation: relation, table: table, idColumn: id, idType: type, retain: retain)
     }
   }
 
-  /// Ledger rows whose source rows may go now ($1 source, $2 retain, $3 the slot's confirmed position).
-  static let eligible = """
-    source = $1 AND status IN ('applied', 'rejected', 'denied', 'duplicate') AND NOT retained
-      AND coalesce(committed_at, processed_at) < now() - $2::interval
-      AND (commit_lsn IS NULL OR commit_lsn <= $3::pg_lsn)
-    """
+  static let final = "('applied', 'rejected', 'denied', 'duplicate')"
 
-  /// Source rows of these ledger ids: a digest or the daemon's own id names no row that can be found by its id.
-  static func rows(of source: Source, idsFrom subquery: String) -> String {
-    """
-    \(PGConnection.quoteQualified(source.relation)) WHERE \(PGConnection.quoteIdentifier(source.idColumn)) IN (
-      SELECT CAST(event_id AS \(source.idType)) FROM (\(subquery)) ids
-      WHERE NOT starts_with(event_id, 'sha256:') AND NOT starts_with(event_id, 'sluice:'))
-    """
-  }
+  /// Backfilled events are walked by processing time, which is set when the
+  /// ledger row is written, before its transaction commits: the walk keeps
+  /// this far behind so that no backfill transaction still open is passed.
+  static let backfillMargin = "5 minutes"
 
   /// The slot's confirmed position; nil when there is no slot (then nothing may go).
   static func confirmed(_ connection: PGConnection, slot: String) throws -> String? {
@@ -65,52 +78,175 @@ public enum Retention {
       .scalar
   }
 
-  /// One pass over every source with `retain`: deletes (or, dry, counts) the rows that may go.
+  /// Deletes the source rows of these ledger ids; returns (rows deleted,
+  /// why some could not be). A digest or the daemon's own id names no row
+  /// that can be found by its id. The id column's own equality finds the
+  /// rows through its index; the text comparison keeps exactly the event's
+  /// row (a numeric `1.0` is not `1.00`, nor citext `A` `a`). When the batch
+  /// cannot be deleted (a foreign key into the source, no replica identity,
+  /// an id that no longer casts to a retyped column), each row is tried
+  /// alone, and the ones that fail are left in place: one row never stops
+  /// the walk.
+  static func delete(_ ids: [String], of source: Source, on connection: PGConnection) throws -> (Int, String?) {
+    let ids = ids.filter { !$0.hasPrefix("sha256:") && !$0.hasPrefix("sluice:") }
+    guard !ids.isEmpty else { return (0, nil) }
+    let id = PGConnection.quoteIdentifier(source.idColumn)
+    let sql = """
+      DELETE FROM \(source.table)
+      WHERE \(id) = ANY (CAST($1::text[] AS \(source.idType)[])) AND \(id)::text = ANY ($1::text[])
+      """
+    func attempt(_ ids: [String]) throws -> Int? {
+      try connection.simpleQuery("SAVEPOINT sluice_retention")
+      do {
+        let deleted = try connection.query(sql, [PGArray.literal(ids)]).affectedRows
+        try connection.simpleQuery("RELEASE SAVEPOINT sluice_retention")
+        return deleted
+      } catch let error as PostgresError where !error.isConnectionLoss && error.sqlState != .queryCanceled {
+        try connection.simpleQuery("ROLLBACK TO SAVEPOINT sluice_retention")
+        failure = failure ?? error.message
+        return nil
+      }
+    }
+    var failure: String?
+    if let deleted = try attempt(ids) { return (deleted, nil) }
+    var deleted = 0
+    for one in ids { deleted += try attempt([one]) ?? 0 }
+    return (deleted, failure)
+  }
+
+  /// One batch of a walk: in one transaction, the rows of the final events
+  /// deleted, the dead ones held, the position saved. Returns (events walked, rows deleted).
+  static func step(
+    _ source: Source, confirmed: String, on connection: PGConnection, backfilled: Bool, failures: inout [String]
+  ) throws -> (Int, Int) {
+    // Where the walk stands (locked: one pass at a time per source, the daemon's or `compact`'s).
+    guard
+      let state = try connection.query(
+        """
+        SELECT through_lsn::text, through_event_id, through_processed_at::text, through_backfilled_id
+        FROM sluice.retention_state WHERE source = $1 FOR UPDATE
+        """, [source.relation]
+      ).rows.first
+    else { return (0, 0) }
+    let rows: [[String?]]
+    if backfilled {
+      rows = try connection.query(
+        """
+        SELECT event_id, status, processed_at::text AS position, true FROM sluice.event_log
+        WHERE source = $1 AND commit_lsn IS NULL AND (processed_at, event_id) > ($3::timestamptz, $4)
+          AND processed_at < now() - $2::interval - interval '\(backfillMargin)'
+        ORDER BY processed_at, event_id LIMIT \(batchRows)
+        """, [source.relation, source.retain, state[2], state[3]]
+      ).rows
+    } else {
+      rows = try connection.query(
+        """
+        SELECT event_id, status, commit_lsn::text AS position, committed_at < now() - $2::interval FROM sluice.event_log
+        WHERE source = $1 AND commit_lsn IS NOT NULL AND (commit_lsn, event_id) > ($4::pg_lsn, $5)
+          AND commit_lsn <= $3::pg_lsn
+        ORDER BY commit_lsn, event_id LIMIT \(batchRows)
+        """, [source.relation, source.retain, confirmed, state[0], state[1]]
+      ).rows
+    }
+    // Up to the first event too young (commit times follow commit order).
+    let walked = rows.prefix { $0[3] == "t" }
+    guard let last = walked.last, let lastID = last[0], let lastPosition = last[2] else { return (0, 0) }
+    let finals = walked.filter { $0[1] != "dead" }.compactMap { $0[0] }
+    let dead = walked.filter { $0[1] == "dead" }.compactMap { $0[0] }
+    let (deleted, failure) = try delete(finals, of: source, on: connection)
+    if let failure { failures.append(failure) }
+    if !dead.isEmpty {
+      try connection.query(
+        """
+        INSERT INTO sluice.retention_held (source, event_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING
+        """, [source.relation, PGArray.literal(dead)])
+    }
+    try connection.query(
+      backfilled
+        ? "UPDATE sluice.retention_state SET through_processed_at = $2::timestamptz, through_backfilled_id = $3 WHERE source = $1"
+        : "UPDATE sluice.retention_state SET through_lsn = $2::pg_lsn, through_event_id = $3 WHERE source = $1",
+      [source.relation, lastPosition, lastID])
+    return (walked.count, deleted)
+  }
+
+  /// Held dead events that are resolved now and old enough: their rows go.
+  static func releaseHeld(_ source: Source, on connection: PGConnection, failures: inout [String]) throws -> Int {
+    let resolved = try connection.query(
+      """
+      DELETE FROM sluice.retention_held h USING sluice.event_log l
+      WHERE h.source = $1 AND l.source = h.source AND l.event_id = h.event_id AND l.status IN \(final)
+        AND coalesce(l.committed_at, l.processed_at) < now() - $2::interval
+      RETURNING h.event_id
+      """, [source.relation, source.retain]
+    ).rows.compactMap { $0[0] }
+    let (deleted, failure) = try delete(resolved, of: source, on: connection)
+    if let failure { failures.append(failure) }
+    return deleted
+  }
+
+  /// One pass over every source with `retain`: deletes the rows that may go.
+  /// A dry run makes the same pass in one transaction and rolls it back, so
+  /// it counts exactly what the pass would delete.
+  /// `pace`: called after each batch with the rows and seconds so far, to slow down (the daemon's worker sleeps
+  /// there, so that the WAL of its deletes never gets far ahead of the walsender decoding the live stream).
   public static func pass(
-    _ connection: PGConnection, slot: String, dryRun: Bool, stop: () -> Bool = { false }
+    _ connection: PGConnection, slot: String, publication: String, dryRun: Bool, stop: () -> Bool = { false },
+    pace: (_ rows: Int, _ seconds: Double) -> Void = { _, _ in }
   ) throws -> [Outcome] {
     guard let confirmed = try confirmed(connection, slot: slot) else { return [] }
+    if dryRun { try connection.simpleQuery("BEGIN") }
+    defer { if dryRun { _ = try? connection.simpleQuery("ROLLBACK") } }
+    func transaction<T>(_ body: () throws -> T) throws -> T {
+      if dryRun { return try body() }
+      try connection.simpleQuery("BEGIN")
+      do {
+        let result = try body()
+        try connection.simpleQuery("COMMIT")
+        return result
+      } catch {
+        _ = try? connection.simpleQuery("ROLLBACK")
+        throw error
+      }
+    }
     var outcomes: [Outcome] = []
-    for source in try sources(connection) {
-      let parameters = [source.relation, source.retain, confirmed]
-      if dryRun {
-        let count = try connection.query(
-          "SELECT count(*) FROM \(rows(of: source, idsFrom: "SELECT event_id FROM sluice.event_log WHERE \(eligible)"))",
-          parameters
-        ).scalar
-        outcomes.append(Outcome(relation: source.relation, rows: Int(count ?? "") ?? 0))
-        continue
+    for source in try sources(connection, publication: publication) {
+      try connection.query(
+        "INSERT INTO sluice.retention_state (source) VALUES ($1) ON CONFLICT DO NOTHING", [source.relation])
+      let started = ContinuousClock.now
+      var failures: [String] = []
+      var deleted = try transaction { try releaseHeld(source, on: connection, failures: &failures) }
+      for backfilled in [false, true] {
+        while !stop() {
+          let (walked, rows) = try transaction {
+            try step(source, confirmed: confirmed, on: connection, backfilled: backfilled, failures: &failures)
+          }
+          deleted += rows
+          if walked < batchRows { break }
+          pace(deleted, started.duration(to: .now).inSeconds)
+        }
       }
-      var deleted = 0
-      while !stop() {
-        // One statement, one transaction: the batch's ledger rows are marked and its source rows deleted together.
-        let row = try connection.query(
-          """
-          WITH batch AS (
-            SELECT event_id FROM sluice.event_log WHERE \(eligible)
-            ORDER BY coalesce(committed_at, processed_at) LIMIT \(batchRows) FOR UPDATE SKIP LOCKED),
-          marked AS (
-            UPDATE sluice.event_log l SET retained = true FROM batch b
-            WHERE l.source = $1 AND l.event_id = b.event_id RETURNING l.event_id),
-          deleted AS (DELETE FROM \(rows(of: source, idsFrom: "SELECT event_id FROM marked")) RETURNING 1)
-          SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM deleted)
-          """, parameters
-        ).rows.first
-        deleted += Int(row?[1] ?? "") ?? 0
-        if (Int(row?[0] ?? "") ?? 0) < batchRows { break }
-      }
-      outcomes.append(Outcome(relation: source.relation, rows: deleted))
+      outcomes.append(
+        Outcome(
+          relation: source.relation, rows: deleted, seconds: started.duration(to: .now).inSeconds,
+          kept: failures.first.map { "some rows could not be deleted and stay: \($0)" }))
     }
     return outcomes
   }
 
-  /// For `status`: per source with `retain`, the final events whose rows may go now.
-  static func waiting(_ connection: PGConnection, slot: String) throws -> [Outcome] {
+  /// For `status`: per source with `retain`, final events past its walk
+  /// whose rows may go now (streamed ones; backfilled and held ones aside).
+  static func waiting(_ connection: PGConnection, slot: String, publication: String) throws -> [Outcome] {
     let confirmed = try confirmed(connection, slot: slot)
-    return try sources(connection).map { source in
+    return try sources(connection, publication: publication).map { source in
       guard let confirmed else { return Outcome(relation: source.relation, rows: 0) }
       let count = try connection.query(
-        "SELECT count(*) FROM sluice.event_log WHERE \(eligible)", [source.relation, source.retain, confirmed]
+        """
+        SELECT count(*) FROM sluice.event_log l
+        LEFT JOIN sluice.retention_state r ON r.source = l.source
+        WHERE l.source = $1 AND l.commit_lsn IS NOT NULL AND l.status IN \(final)
+          AND (l.commit_lsn, l.event_id) > (coalesce(r.through_lsn, '0/0'), coalesce(r.through_event_id, ''))
+          AND l.commit_lsn <= $3::pg_lsn AND l.committed_at < now() - $2::interval
+        """, [source.relation, source.retain, confirmed]
       ).scalar
       return Outcome(relation: source.relation, rows: Int(count ?? "") ?? 0)
     }
@@ -122,6 +258,7 @@ extension Operations {
   public func compact(dryRun: Bool) throws -> [Retention.Outcome] {
     let connection = try connect("sluice-compact")
     defer { connection.close() }
-    return try Retention.pass(connection, slot: configuration.slot, dryRun: dryRun)
+    return try Retention.pass(
+      connection, slot: configuration.slot, publication: configuration.publication, dryRun: dryRun)
   }
 }

@@ -10,15 +10,21 @@ import SluicePostgres
 final class RetentionWorker: @unchecked Sendable {
   private let conninfo: String
   private let slot: String
+  private let publication: String
   private let intervalSeconds: Int
   private let logger: Logger
   private let metrics: Metrics
   private let stop = StopSignal()
   private let done = DispatchSemaphore(value: 0)
+  /// The daemon's passes delete at most this many rows a second: every
+  /// deleted row is WAL the walsender decodes before the live events behind
+  /// it (`sluice compact` is not paced).
+  static let maxRowsPerSecond = 22_000
 
-  init(conninfo: String, slot: String, intervalSeconds: Int, logger: Logger, metrics: Metrics) {
+  init(conninfo: String, slot: String, publication: String, intervalSeconds: Int, logger: Logger, metrics: Metrics) {
     self.conninfo = conninfo
     self.slot = slot
+    self.publication = publication
     self.intervalSeconds = intervalSeconds
     self.logger = logger
     self.metrics = metrics
@@ -45,12 +51,26 @@ final class RetentionWorker: @unchecked Sendable {
         defer { connection.close() }
         // A lock held by someone else must not stall the pass (nor the daemon's stop) for long.
         try connection.simpleQuery("SET lock_timeout = '5s'; SET statement_timeout = '60s'")
-        for outcome in try Retention.pass(connection, slot: slot, dryRun: false, stop: { stop.isSet }) {
+        let outcomes = try Retention.pass(
+          connection, slot: slot, publication: publication, dryRun: false, stop: { stop.isSet }
+        ) {
+          rows, seconds in
+          let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - seconds
+          if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
+        }
+        for outcome in outcomes {
           metrics.retained(source: outcome.relation, rows: outcome.rows)
+          if let kept = outcome.kept {
+            logger.warning(
+              "retention left rows in place", metadata: ["source": "\(outcome.relation)", "why": "\(kept)"])
+          }
           if outcome.rows > 0 {
             logger.info(
               "retention deleted processed rows",
-              metadata: ["source": "\(outcome.relation)", "rows": "\(outcome.rows)"])
+              metadata: [
+                "source": "\(outcome.relation)", "rows": "\(outcome.rows)",
+                "seconds": "\(String(format: "%.3f", outcome.seconds))",
+              ])
           }
         }
       } catch {
