@@ -40,7 +40,7 @@ public enum Retention {
   /// Rows per transaction (the SPEC allows up to 1,000): locks stay short,
   /// a busy source is not held up, and the walsender decodes each batch in
   /// a few milliseconds before the live events committed after it.
-  static let batchRows = 500
+  static let batchRows = 250
 
   /// The sources with `retain` that this daemon's publication publishes (two
   /// daemons on two slots each retain their own sources, by their own slot).

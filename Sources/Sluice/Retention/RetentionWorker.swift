@@ -19,7 +19,7 @@ final class RetentionWorker: @unchecked Sendable {
   /// The daemon's passes delete at most this many rows a second: every
   /// deleted row is WAL the walsender decodes before the live events behind
   /// it (`sluice compact` is not paced).
-  static let maxRowsPerSecond = 22_000
+  static let maxRowsPerSecond = 20_500
 
   init(conninfo: String, slot: String, publication: String, intervalSeconds: Int, logger: Logger, metrics: Metrics) {
     self.conninfo = conninfo
