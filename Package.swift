@@ -19,6 +19,11 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    // Metrics: the standard API (handlers record their own) and its Prometheus backend.
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+    // Signals, graceful shutdown and the stop limit for the blocking daemon threads.
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
   ],
   targets: [
     .systemLibrary(
@@ -56,6 +61,8 @@ let package = Package(
       dependencies: [
         "SluiceCore", "SluicePostgres", "SluiceSchema", "SluiceHTTP",
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "CoreMetrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
       ],
       swiftSettings: upcoming
     ),
@@ -66,22 +73,33 @@ let package = Package(
         "Sluice",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "UnixSignals", package: "swift-service-lifecycle"),
       ],
       swiftSettings: upcoming
     ),
     .executableTarget(name: "sluice", dependencies: ["SluiceCLI"], swiftSettings: upcoming),
     // The examples of SPEC section 7 and the daemon that carries their Swift handlers.
-    .target(name: "SluiceExamples", dependencies: ["Sluice", "SluiceCore"], swiftSettings: upcoming),
+    .target(
+      name: "SluiceExamples",
+      dependencies: ["Sluice", "SluiceCore", .product(name: "Metrics", package: "swift-metrics")],
+      swiftSettings: upcoming),
     .executableTarget(
       name: "sluice-examples", dependencies: ["SluiceCLI", "SluiceExamples"], swiftSettings: upcoming),
     // Test-only: `sluice` with handlers that crash on purpose (poison-event tests).
     .executableTarget(
       name: "sluice-fixtures", dependencies: ["Sluice", "SluiceCLI"], path: "Tests/Fixtures/sluice-fixtures",
       swiftSettings: upcoming),
-    .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], swiftSettings: upcoming),
+    // The fuzz corpus and the README's examples are read from the source tree (#filePath), not bundled.
+    .testTarget(
+      name: "SluiceCoreTests", dependencies: ["SluiceCore"], exclude: ["Corpus"], swiftSettings: upcoming),
     .testTarget(
       name: "SluiceTests",
-      dependencies: ["Sluice", "SluicePostgres", "SluiceCore", "SluiceExamples", "SluiceHTTP"],
+      dependencies: [
+        "Sluice", "SluicePostgres", "SluiceCore", "SluiceExamples", "SluiceHTTP",
+        .product(name: "Metrics", package: "swift-metrics"),
+      ],
+      exclude: ["ReadmeExamples/add_handler.sql", "ReadmeExamples/edge_function.sql", "ReadmeExamples/receiver.py"],
       swiftSettings: upcoming
     ),
   ]

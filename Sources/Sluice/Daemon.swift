@@ -13,15 +13,14 @@ public final class Daemon: @unchecked Sendable {
   let registry: HandlerRegistry
   let logger: Logger
   let stop: StopSignal
-  public let metrics = Metrics()
+  public let metrics = DaemonMetrics()
   let notifier: SystemdNotifier
   private let health = Health()
-  /// Set when run() returns, so the stop limit stands down.
-  private let finished = StopSignal()
 
   private var confirmed: LSN = .zero
   private let beat: Heartbeat
-  /// Longest graceful stop: below the unit's TimeoutStopSec=30s, so the daemon, not systemd, decides.
+  /// Longest graceful stop (the command line's lifecycle enforces it): below the unit's
+  /// TimeoutStopSec=30s, so the daemon, not systemd, decides.
   public static let maximumStopSeconds = 20
   private var lastLagCheck = ContinuousClock.now.advanced(by: .seconds(-60))
 
@@ -39,8 +38,6 @@ public final class Daemon: @unchecked Sendable {
 
   /// Runs until `stop` is set; throws for errors a retry cannot fix.
   public func run() throws {
-    enforceStopLimit()
-    defer { finished.set() }
     var server: MetricsServer?
     if let address = configuration.metricsAddress {
       let health = health
@@ -80,27 +77,6 @@ public final class Daemon: @unchecked Sendable {
   /// whenever work progresses (retries included): the watchdog is fed only
   /// by real progress; STATUS= is refreshed every 5 s.
   private func progressed(_ status: String) { beat.progressed(status) }
-
-  /// A batch stuck in a handler must not hold a stop forever: past the limit, exit 1.
-  private func enforceStopLimit() {
-    let stop = stop
-    let logger = logger
-    let finished = finished
-    let thread = Thread {
-      while !stop.isSet {
-        if finished.isSet { return }
-        usleep(100_000)
-      }
-      for _ in 0..<(Self.maximumStopSeconds * 10) {
-        if finished.isSet { return }
-        usleep(100_000)
-      }
-      logger.error("graceful stop took longer than \(Self.maximumStopSeconds) s; exiting without finishing the batch")
-      exit(1)
-    }
-    thread.name = "sluice-stop-limit"
-    thread.start()
-  }
 
   static func isTransient(_ error: any Error) -> Bool {
     if error is ReplicationError || error is LedgerConflict || error is SlotLost || error is ServerIsStandby

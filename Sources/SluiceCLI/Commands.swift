@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Glibc
 import Logging
 public import Sluice
@@ -36,7 +37,7 @@ struct SluiceCommand: ParsableCommand {
 /// Reads the configuration or exits 78 (EX_CONFIG) with one line naming the variable.
 func loadConfiguration() -> Configuration {
   do {
-    let configuration = try Configuration(environment: ProcessEnvironment.current)
+    let configuration = try Configuration(environment: ProcessInfo.processInfo.environment)
     SluiceLogHandler.bootstrap(level: configuration.logLevel, format: configuration.logFormat)
     return configuration
   } catch {
@@ -66,18 +67,20 @@ struct RunCommand: ParsableCommand {
 
   func run() throws {
     let config = loadConfiguration()
-    StopSignal.installProcessHandlers()
     boundMallocArenas()
+    DaemonMetrics.bootstrapHandlerMetrics()
     let logger = Logger(label: "sluice")
     logger.info(
       "starting",
       metadata: [
         "database": "\(config.redactedDatabaseURL)", "slot": "\(config.slot)", "version": "\(SluiceVersion.current)",
       ])
-    let daemon = Daemon(
-      configuration: config, registry: SluiceCLI.handlers, logger: logger, stop: .process,
-      environment: ProcessEnvironment.current)
-    try reportingFailure("run") { try daemon.run() }
+    try Lifecycle.run("sluice-daemon", logger: logger, stopLimitSeconds: Daemon.maximumStopSeconds) { stop in
+      let daemon = Daemon(
+        configuration: config, registry: SluiceCLI.handlers, logger: logger, stop: stop,
+        environment: ProcessInfo.processInfo.environment)
+      try reportingFailure("run") { try daemon.run() }
+    }
   }
 }
 
@@ -136,10 +139,12 @@ struct BackfillCommand: ParsableCommand {
 
   func run() throws {
     let config = loadConfiguration()
-    StopSignal.installProcessHandlers()
-    let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
-    let count = try reportingFailure("backfill") { try operations.backfill(relation: relation, stop: .process) }
-    print("processed \(count) rows of \(relation)")
+    let logger = Logger(label: "sluice")
+    try Lifecycle.run("sluice-backfill", logger: logger) { [relation] stop in
+      let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: logger)
+      let count = try reportingFailure("backfill") { try operations.backfill(relation: relation, stop: stop) }
+      print("processed \(count) rows of \(relation)")
+    }
   }
 }
 
@@ -353,17 +358,18 @@ struct TailCommand: ParsableCommand {
 
   func run() throws {
     let config = loadConfiguration()
-    StopSignal.installProcessHandlers()
     let output = FileOutput.standardOutput
     let tableList = tables.map {
       $0.split(separator: ",").map { $0.filter { $0 != " " } }.filter { !$0.isEmpty }
     }
-    let tail = Tail(
-      options: TailOptions(
-        conninfo: config.databaseURL, slot: slot, publication: config.publication, tables: tableList,
-        endPosition: endpos.flatMap { LSN($0) }),
-      logger: Logger(label: "sluice.tail"), stop: .process, write: output.write, flush: output.flush)
-    try reportingFailure("tail") { try tail.run() }
+    let options = TailOptions(
+      conninfo: config.databaseURL, slot: slot, publication: config.publication, tables: tableList,
+      endPosition: endpos.flatMap { LSN($0) })
+    let logger = Logger(label: "sluice.tail")
+    try Lifecycle.run("sluice-tail", logger: logger) { stop in
+      let tail = Tail(options: options, logger: logger, stop: stop, write: output.write, flush: output.flush)
+      try reportingFailure("tail") { try tail.run() }
+    }
   }
 }
 

@@ -27,8 +27,13 @@ import Testing
       INSERT INTO sluice.permission_rules (event_type, role) VALUES ('award_badge', 'player');
       INSERT INTO sluice.actor_roles (actor, role) VALUES ('ann', 'player');
       """)
-    var configuration = Configuration(databaseURL: db.url)
+    let metricsPort = try freePort()
+    var configuration = try Configuration(environment: [
+      "SLUICE_DATABASE_URL": db.url, "SLUICE_METRICS_ADDR": "127.0.0.1:\(metricsPort)",
+    ])
     configuration.slot = db.slot
+    // What `sluice run` does first: the swift-metrics API records into /metrics.
+    DaemonMetrics.bootstrapHandlerMetrics()
     let stop = StopSignal()
     // What `SluiceCLI.main(handlers: ExampleHandlers.all + [AwardBadge()])` runs.
     let daemon = Daemon(
@@ -48,6 +53,12 @@ import Testing
         (gen_random_uuid(), 'ann', 'award_xp', '{"xp": 5}');
       """)
     #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    // The handler's own counter is served beside Sluice's series (at least
+    // once: a handler runs again when its batch is retried).
+    let metrics = try httpGet(port: metricsPort, path: "/metrics")
+    #expect(metrics.contains("sluice_events_total{"), "\(metrics)")
+    let awarded = metrics.split(separator: "\n").first { $0.hasPrefix("game_badges_awarded_total ") }
+    #expect(awarded.flatMap { Int($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(metrics)")
     stop.set()
     #expect(finished.wait(timeout: .now() + 10) == .success)
     #expect(failure == nil)

@@ -1,195 +1,160 @@
+import CoreMetrics
+public import Prometheus
 import SluiceCore
 import Synchronization
 
-/// The daemon's Prometheus series, rendered in the text exposition format.
-public final class Metrics: Sendable {
-  struct Histogram {
-    let bounds: [Double]
-    var counts: [Int]
-    var sum = 0.0
-    var count = 0
+/// The daemon's Prometheus series, kept in a swift-prometheus registry of
+/// its own and rendered in the text exposition format by `/metrics`, after
+/// them the metrics handlers record through the standard swift-metrics API
+/// (`Counter(label:)`, `Timer(label:)`, …), once `bootstrapHandlerMetrics()`
+/// has run (`sluice run` does).
+public final class DaemonMetrics: Sendable {
+  /// The daemon's own series: one registry per daemon, so two daemons in
+  /// one process (tests) never mix their figures.
+  public let registry = PrometheusCollectorRegistry()
 
-    init(_ bounds: [Double]) {
-      self.bounds = bounds
-      counts = Array(repeating: 0, count: bounds.count)
-    }
+  private let batchSeconds: ValueHistogram
+  private let latencySeconds: ValueHistogram
+  private let lagBytesGauge: Prometheus.Gauge
+  private let retainedWALBytes: Prometheus.Gauge
+  private let handlerErrors: Prometheus.Counter
+  private let reconnects: Prometheus.Counter
+  private let streaming: Prometheus.Gauge
+  private let outboxPending: Prometheus.Gauge
+  private let outboxDead: Prometheus.Gauge
+  private let outboxOldestPending: Prometheus.Gauge
+  /// The last lag figure, for `STATUS=` (a gauge cannot be read back).
+  private let lastLagBytes = Atomic<Int>(0)
 
-    mutating func observe(_ value: Double) {
-      for (index, bound) in bounds.enumerated() where value <= bound { counts[index] += 1 }
-      sum += value
-      count += 1
-    }
-  }
-
-  struct State {
-    var events: [Pair: Int] = [:]
-    var batchSeconds = Histogram([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
-    var latencySeconds = Histogram([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60])
-    var lagBytes = 0
-    var retainedWALBytes = 0
-    var handlerErrors = 0
-    var reconnects = 0
-    var ignoredChanges = 0
-    var streaming = false
-    /// Webhook deliveries by endpoint name and result (delivered, retried, dead); attempt durations.
-    var deliveries: [Delivery: Int] = [:]
-    var deliverySeconds: [String: Histogram] = [:]
-    var outboxPending = 0
-    var outboxDead = 0
-    var outboxOldestPendingSeconds = 0.0
-    /// Source rows deleted by retention, by source.
-    var retainedRows: [String: Int] = [:]
-  }
-
-  struct Delivery: Hashable {
-    var endpoint: String
-    var result: String
-  }
-
+  static let batchBounds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+  static let latencyBounds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
   static let deliveryBounds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
-  struct Pair: Hashable {
-    var type: String
-    var status: String
+  /// `sluice_<name>_<unit>`.
+  private static func name(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+    MetricNameDescriptor(namespace: "sluice", metricName: name, unitName: unit, helpText: help)
   }
 
-  private let state = Mutex(State())
+  static var events: MetricNameDescriptor {
+    name("events", "total", "Events written to the ledger, by event type and status.")
+  }
+  static var deliveries: MetricNameDescriptor {
+    name(
+      "outbox_deliveries", "total", "Webhook delivery attempts by endpoint name and result (delivered, retried, dead).")
+  }
+  static var deliverySeconds: MetricNameDescriptor {
+    name("outbox_delivery", "seconds", "Time of one delivery attempt, by endpoint name.")
+  }
+  static var retention: MetricNameDescriptor {
+    name("retention_deleted_rows", "total", "Source rows deleted by retention, by source.")
+  }
 
-  public init() {}
+  public init() {
+    batchSeconds = registry.makeValueHistogram(
+      descriptor: Self.name("batch_duration", "seconds", "Time to apply and commit one batch."),
+      buckets: Self.batchBounds)
+    latencySeconds = registry.makeValueHistogram(
+      descriptor: Self.name(
+        "commit_to_applied", "seconds", "From the source transaction's commit to its event's ledger row."),
+      buckets: Self.latencyBounds)
+    lagBytesGauge = registry.makeGauge(
+      descriptor: Self.name(
+        "replication_lag", "bytes", "WAL between the server's current position and the slot's confirmed one."))
+    retainedWALBytes = registry.makeGauge(
+      descriptor: Self.name(
+        "retained_wal", "bytes", "WAL the server keeps for the slot (current position minus restart_lsn)."))
+    handlerErrors = registry.makeCounter(
+      descriptor: Self.name("handler_errors", "total", "Handler attempts that failed (retried or dead)."))
+    reconnects = registry.makeCounter(
+      descriptor: Self.name("reconnects", "total", "Times the daemon reconnected after losing a connection."))
+    streaming = registry.makeGauge(
+      descriptor: Self.name("streaming", "", "1 while this daemon streams the slot, 0 on standby."))
+    outboxPending = registry.makeGauge(
+      descriptor: Self.name("outbox_pending", "", "Webhook deliveries waiting to be sent (refreshed every 10 s)."))
+    outboxDead = registry.makeGauge(
+      descriptor: Self.name("outbox_dead", "", "Webhook deliveries that are dead (refreshed every 10 s)."))
+    outboxOldestPending = registry.makeGauge(
+      descriptor: Self.name("outbox_oldest_pending", "seconds", "Age of the oldest pending webhook delivery."))
+  }
 
   /// One committed batch: its ledger rows by type label and status, and
   /// commit-to-applied latency for streamed events. The label is the type
   /// only when the configuration names it (`HandlerCatalog.metricLabel`), so
   /// clients cannot add series.
   func recordBatch(_ entries: [LedgerEntry], seconds: Double, now: PostgresTimestamp) {
-    state.withLock { state in
-      state.batchSeconds.observe(seconds)
-      for entry in entries {
-        state.events[Pair(type: entry.metricLabel, status: entry.status.rawValue), default: 0] += 1
-        if let committed = entry.event.committedAt {
-          state.latencySeconds.observe(max(0, Double(now - committed) / 1_000_000))
-        }
+    batchSeconds.record(seconds)
+    var counts: [Pair: Int] = [:]
+    for entry in entries {
+      counts[Pair(type: entry.metricLabel, status: entry.status.rawValue), default: 0] += 1
+      if let committed = entry.event.committedAt {
+        latencySeconds.record(max(0, Double(now - committed) / 1_000_000))
       }
+    }
+    for (pair, count) in counts {
+      registry.makeCounter(descriptor: Self.events, labels: [("type", pair.type), ("status", pair.status)])
+        .increment(by: Int64(count))
     }
   }
 
+  private struct Pair: Hashable {
+    var type: String
+    var status: String
+  }
+
   /// One handler attempt failed (it is retried, or goes dead).
-  func handlerFailed() { state.withLock { $0.handlerErrors += 1 } }
+  func handlerFailed() { handlerErrors.increment() }
 
   func setLag(bytes: Int, retained: Int) {
-    state.withLock {
-      $0.lagBytes = bytes
-      $0.retainedWALBytes = retained
-    }
+    lastLagBytes.store(bytes, ordering: .relaxed)
+    lagBytesGauge.set(Int64(bytes))
+    retainedWALBytes.set(Int64(retained))
   }
 
   /// One delivery attempt ended. The label is the endpoint's name, never its URL.
   func deliveryFinished(endpoint: String, result: String, seconds: Double) {
-    state.withLock { state in
-      state.deliveries[Delivery(endpoint: endpoint, result: result), default: 0] += 1
-      state.deliverySeconds[endpoint, default: Histogram(Self.deliveryBounds)].observe(seconds)
-    }
+    registry.makeCounter(descriptor: Self.deliveries, labels: [("endpoint", endpoint), ("result", result)]).increment()
+    registry.makeValueHistogram(
+      descriptor: Self.deliverySeconds, labels: [("endpoint", endpoint)], buckets: Self.deliveryBounds
+    ).record(seconds)
   }
 
   func setOutbox(pending: Int, dead: Int, oldestPendingSeconds: Double) {
-    state.withLock {
-      $0.outboxPending = pending
-      $0.outboxDead = dead
-      $0.outboxOldestPendingSeconds = oldestPendingSeconds
-    }
+    outboxPending.set(Int64(pending))
+    outboxDead.set(Int64(dead))
+    outboxOldestPending.set(oldestPendingSeconds)
   }
 
   /// A retention pass deleted rows of a source (0 too: the series exists once retention ran).
-  func retained(source: String, rows: Int) { state.withLock { $0.retainedRows[source, default: 0] += rows } }
-
-  func reconnected() { state.withLock { $0.reconnects += 1 } }
-  func setStreaming(_ streaming: Bool) { state.withLock { $0.streaming = streaming } }
-  var lagBytes: Int { state.withLock { $0.lagBytes } }
-
-  public func render() -> String {
-    let state = state.withLock { $0 }
-    var out = ""
-    func header(_ name: String, _ type: String, _ help: String) {
-      out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-    }
-    header("sluice_events_total", "counter", "Events written to the ledger, by event type and status.")
-    for (pair, count) in state.events.sorted(by: { ($0.key.type, $0.key.status) < ($1.key.type, $1.key.status) }) {
-      out += "sluice_events_total{type=\"\(Self.escape(pair.type))\",status=\"\(pair.status)\"} \(count)\n"
-    }
-    func series(_ name: String, _ histogram: Histogram, labels: String = "") {
-      let prefix = labels.isEmpty ? "" : labels + ","
-      let braces = labels.isEmpty ? "" : "{\(labels)}"
-      for (bound, count) in zip(histogram.bounds, histogram.counts) {
-        out += "\(name)_bucket{\(prefix)le=\"\(bound)\"} \(count)\n"
-      }
-      out += "\(name)_bucket{\(prefix)le=\"+Inf\"} \(histogram.count)\n"
-      out += "\(name)_sum\(braces) \(histogram.sum)\n\(name)_count\(braces) \(histogram.count)\n"
-    }
-    func histogram(_ name: String, _ help: String, _ histogram: Histogram) {
-      header(name, "histogram", help)
-      series(name, histogram)
-    }
-    histogram("sluice_batch_duration_seconds", "Time to apply and commit one batch.", state.batchSeconds)
-    histogram(
-      "sluice_commit_to_applied_seconds", "From the source transaction's commit to its event's ledger row.",
-      state.latencySeconds)
-    header(
-      "sluice_replication_lag_bytes", "gauge", "WAL between the server's current position and the slot's confirmed one."
-    )
-    out += "sluice_replication_lag_bytes \(state.lagBytes)\n"
-    header(
-      "sluice_retained_wal_bytes", "gauge", "WAL the server keeps for the slot (current position minus restart_lsn).")
-    out += "sluice_retained_wal_bytes \(state.retainedWALBytes)\n"
-    header("sluice_handler_errors_total", "counter", "Handler attempts that failed (retried or dead).")
-    out += "sluice_handler_errors_total \(state.handlerErrors)\n"
-    header("sluice_reconnects_total", "counter", "Times the daemon reconnected after losing a connection.")
-    out += "sluice_reconnects_total \(state.reconnects)\n"
-    header("sluice_streaming", "gauge", "1 while this daemon streams the slot, 0 on standby.")
-    out += "sluice_streaming \(state.streaming ? 1 : 0)\n"
-    header(
-      "sluice_outbox_deliveries_total", "counter",
-      "Webhook delivery attempts by endpoint name and result (delivered, retried, dead).")
-    for (key, count) in state.deliveries.sorted(by: {
-      ($0.key.endpoint, $0.key.result) < ($1.key.endpoint, $1.key.result)
-    }) {
-      out +=
-        "sluice_outbox_deliveries_total{endpoint=\"\(Self.escape(key.endpoint))\",result=\"\(key.result)\"} \(count)\n"
-    }
-    header("sluice_outbox_delivery_seconds", "histogram", "Time of one delivery attempt, by endpoint name.")
-    for (endpoint, histogram) in state.deliverySeconds.sorted(by: { $0.key < $1.key }) {
-      series("sluice_outbox_delivery_seconds", histogram, labels: "endpoint=\"\(Self.escape(endpoint))\"")
-    }
-    header("sluice_retention_deleted_rows_total", "counter", "Source rows deleted by retention, by source.")
-    for (source, rows) in state.retainedRows.sorted(by: { $0.key < $1.key }) {
-      out += "sluice_retention_deleted_rows_total{source=\"\(Self.escape(source))\"} \(rows)\n"
-    }
-    for (name, help, value) in [
-      (
-        "sluice_outbox_pending", "Webhook deliveries waiting to be sent (refreshed every 10 s).",
-        "\(state.outboxPending)"
-      ),
-      ("sluice_outbox_dead", "Webhook deliveries that are dead (refreshed every 10 s).", "\(state.outboxDead)"),
-      (
-        "sluice_outbox_oldest_pending_seconds", "Age of the oldest pending webhook delivery.",
-        "\(state.outboxOldestPendingSeconds)"
-      ),
-    ] {
-      header(name, "gauge", help)
-      out += "\(name) \(value)\n"
-    }
-    return out
+  func retained(source: String, rows: Int) {
+    registry.makeCounter(descriptor: Self.retention, labels: [("source", source)]).increment(by: Int64(rows))
   }
 
-  static func escape(_ label: String) -> String {
-    var out = ""
-    for char in label {
-      switch char {
-      case "\\": out += "\\\\"
-      case "\"": out += "\\\""
-      case "\n": out += "\\n"
-      default: out.append(char)
-      }
+  func reconnected() { reconnects.increment() }
+  func setStreaming(_ on: Bool) { streaming.set(to: on ? 1 : 0) }
+  var lagBytes: Int { lastLagBytes.load(ordering: .relaxed) }
+
+  /// The daemon's series, then the handlers' (if bootstrapped).
+  public func render() -> String {
+    var buffer: [UInt8] = []
+    buffer.reserveCapacity(8192)
+    registry.emit(into: &buffer)
+    Self.handlerRegistry.withLock { $0 }?.emit(into: &buffer)
+    return String(decoding: buffer, as: UTF8.self)
+  }
+
+  private static let handlerRegistry = Mutex<PrometheusCollectorRegistry?>(nil)
+
+  /// Makes the swift-metrics API (`import Metrics`: `Counter`, `Timer`,
+  /// `Recorder`, `Gauge`) record into a registry that `/metrics` shows
+  /// after the daemon's own series. Once per process; a process that
+  /// bootstrapped another metrics backend first keeps it (swift-metrics
+  /// allows one), and handler metrics then go there.
+  public static func bootstrapHandlerMetrics() {
+    handlerRegistry.withLock { registry in
+      guard registry == nil, MetricsSystem.factory is NOOPMetricsHandler else { return }
+      let created = PrometheusCollectorRegistry()
+      MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: created))
+      registry = created
     }
-    return out
   }
 }

@@ -12,7 +12,7 @@ import Synchronization
 /// at most those deadlines, never another client's probe.
 public final class MetricsServer: @unchecked Sendable {
   let listener: Int32
-  let metrics: Metrics
+  let metrics: DaemonMetrics
   let healthy: @Sendable () -> Bool
   private let stopped = StopSignal()
   private let clients = Atomic<Int>(0)
@@ -21,7 +21,7 @@ public final class MetricsServer: @unchecked Sendable {
   static let deadlineSeconds = 2
 
   /// Binds and starts serving; throws if the address cannot be bound.
-  public init(address: Configuration.Address, metrics: Metrics, healthy: @escaping @Sendable () -> Bool) throws {
+  public init(address: Configuration.Address, metrics: DaemonMetrics, healthy: @escaping @Sendable () -> Bool) throws {
     self.metrics = metrics
     self.healthy = healthy
     var hints = addrinfo()

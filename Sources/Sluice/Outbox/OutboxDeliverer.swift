@@ -42,7 +42,7 @@ final class OutboxDeliverer: @unchecked Sendable {
   private let conninfo: String
   private let rules: DeliveryRules
   private let logger: Logger
-  private let metrics: Metrics
+  private let metrics: DaemonMetrics
   private let transfers: HTTPTransfers
   private let stopping = Atomic<Bool>(false)
   private let poked = Atomic<Bool>(true)
@@ -70,7 +70,7 @@ final class OutboxDeliverer: @unchecked Sendable {
   /// On a stop, how long deliveries in flight may take to finish.
   static let stopGraceMilliseconds = 2000
 
-  init(conninfo: String, rules: DeliveryRules, logger: Logger, metrics: Metrics) throws {
+  init(conninfo: String, rules: DeliveryRules, logger: Logger, metrics: DaemonMetrics) throws {
     self.conninfo = conninfo
     self.rules = rules
     self.logger = logger

@@ -23,7 +23,7 @@ public final class BatchProcessor {
   public private(set) var counts: [EventStatus: Int] = [:]
   public private(set) var ignoredChanges = 0
   /// Where committed batches are counted (nil: not counted).
-  var metrics: Metrics?
+  var metrics: DaemonMetrics?
   /// Try each range in one libpq pipeline first (the fast path).
   var pipelining = true
   /// The highest commit LSN of this slot's events in the ledger when the

@@ -13,7 +13,7 @@ final class RetentionWorker: @unchecked Sendable {
   private let publication: String
   private let intervalSeconds: Int
   private let logger: Logger
-  private let metrics: Metrics
+  private let metrics: DaemonMetrics
   private let stop = StopSignal()
   private let done = DispatchSemaphore(value: 0)
   /// The daemon's passes delete at most this many rows a second: every
@@ -21,7 +21,9 @@ final class RetentionWorker: @unchecked Sendable {
   /// it (`sluice compact` is not paced).
   static let maxRowsPerSecond = 20_500
 
-  init(conninfo: String, slot: String, publication: String, intervalSeconds: Int, logger: Logger, metrics: Metrics) {
+  init(
+    conninfo: String, slot: String, publication: String, intervalSeconds: Int, logger: Logger, metrics: DaemonMetrics
+  ) {
     self.conninfo = conninfo
     self.slot = slot
     self.publication = publication
