@@ -36,7 +36,9 @@ public final class Daemon: @unchecked Sendable {
     self.beat = Heartbeat(notifier: notifier, health: health)
   }
 
-  /// Runs until `stop` is set; throws for errors a retry cannot fix.
+  /// Runs until `stop` is set; throws for errors a retry cannot fix. A
+  /// stuck batch can hold a stop: the caller bounds it (`sluice run`'s
+  /// lifecycle exits 1 after `maximumStopSeconds`).
   public func run() throws {
     var server: MetricsServer?
     if let address = configuration.metricsAddress {

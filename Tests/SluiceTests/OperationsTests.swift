@@ -73,8 +73,9 @@ import Testing
     #expect(try XPFixture.totals(db) == expected)
   }
 
-  @Test func aHungHandlerCannotHoldAStopForever() throws {
-    let db = try TestDatabase("hung")
+  /// A daemon whose handler hangs (pg_sleep) on the event in flight.
+  static func hangingDaemon(_ name: String) throws -> (TestDatabase, ChildProcess) {
+    let db = try TestDatabase(name)
     try XPFixture.install(db)
     try db.sql(
       """
@@ -92,6 +93,11 @@ import Testing
       try eventually(20, "the handler to hang") {
         try db.scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%xp%hang%' AND state = 'active'") != "0"
       })
+    return (db, daemon)
+  }
+
+  @Test func aHungHandlerCannotHoldAStopForever() throws {
+    let (db, daemon) = try Self.hangingDaemon("hung")
     let sent = Date()
     daemon.signal(SIGTERM)
     let status = daemon.waitForExit(seconds: Double(Daemon.maximumStopSeconds) + 10)
@@ -107,6 +113,18 @@ import Testing
     again.signal(SIGTERM)
     #expect(again.waitForExit() == 0)
     #expect(try XPFixture.totals(db) == ["ann": 1])
+  }
+
+  /// The old signal handler's promise, kept on swift-service-lifecycle: a
+  /// second SIGTERM (or Ctrl-C) does not wait for the stop limit.
+  @Test func aSecondSignalExitsAtOnce() throws {
+    let (_, daemon) = try Self.hangingDaemon("second")
+    daemon.signal(SIGTERM)
+    #expect(try eventually(5) { daemon.standardError.contains("stopping after the batch in flight") })
+    let sent = Date()
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit(seconds: 10) == 128 + SIGTERM)
+    #expect(Date().timeIntervalSince(sent) < 3)
   }
 
   @Test func terminatedBackendsAreSurvived() throws {
@@ -318,7 +336,8 @@ import Testing
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let text = try String(contentsOf: unit, encoding: .utf8).replacingOccurrences(
-      of: "/usr/local/bin/sluice", with: TestCluster.binDirectory.appendingPathComponent("sluice").path)
+      of: "ExecStart=/usr/bin/sluice",
+      with: "ExecStart=" + TestCluster.binDirectory.appendingPathComponent("sluice").path)
     let copy = directory + "/sluice.service"
     try text.write(toFile: copy, atomically: true, encoding: .utf8)
     // A poison event is counted across restarts: systemd must not stop restarting first.

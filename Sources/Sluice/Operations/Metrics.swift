@@ -82,18 +82,20 @@ public final class DaemonMetrics: Sendable {
   /// only when the configuration names it (`HandlerCatalog.metricLabel`), so
   /// clients cannot add series.
   func recordBatch(_ entries: [LedgerEntry], seconds: Double, now: PostgresTimestamp) {
-    batchSeconds.record(seconds)
+    // Events first, then latencies: a scrape in between never shows more
+    // latency observations than counted events.
     var counts: [Pair: Int] = [:]
-    for entry in entries {
-      counts[Pair(type: entry.metricLabel, status: entry.status.rawValue), default: 0] += 1
-      if let committed = entry.event.committedAt {
-        latencySeconds.record(max(0, Double(now - committed) / 1_000_000))
-      }
-    }
+    for entry in entries { counts[Pair(type: entry.metricLabel, status: entry.status.rawValue), default: 0] += 1 }
     for (pair, count) in counts {
       registry.makeCounter(descriptor: Self.events, labels: [("type", pair.type), ("status", pair.status)])
         .increment(by: Int64(count))
     }
+    for entry in entries {
+      if let committed = entry.event.committedAt {
+        latencySeconds.record(max(0, Double(now - committed) / 1_000_000))
+      }
+    }
+    batchSeconds.record(seconds)
   }
 
   private struct Pair: Hashable {
