@@ -21,6 +21,10 @@ public struct SQLState: RawRepresentable, Hashable, Sendable, CustomStringConver
   public static let tooManyConnections = SQLState("53300")
   /// A prepared statement's plan no longer fits its table (after ALTER TABLE).
   public static let featureNotSupported = SQLState("0A000")
+  public static let foreignKeyViolation = SQLState("23503")
+
+  /// Class 22 (data exception: a value that no longer casts, say).
+  public var isDataException: Bool { rawValue.hasPrefix("22") }
 
   /// Class 08 (connection exception) and 57P (operator intervention:
   /// shutdown, crash, terminated backend): a new connection may succeed.

@@ -1,5 +1,6 @@
 import Foundation
 import Sluice
+import SluicePostgres
 import Testing
 
 /// SPEC section 10: processed source rows deleted once final; the ledger
@@ -126,6 +127,86 @@ import Testing
     #expect(try db.scalar(#"SELECT count(*) FROM xp."Mixed""#) == "0")
     // The next pass goes on from where this one stopped: nothing left to try.
     #expect(try runCommand(db, ["compact"]).0 == 0)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// Review: only an event's own row goes. A second row with the same id
+  /// (a replay's, on a source whose id is not unique) is not an event, so
+  /// neither goes; and a ledger row without a commit time (the minimal dead
+  /// row written when an event's own ledger row could not be) does not stop
+  /// the walk for the events after it.
+  @Test func onlyAnEventsOwnRowGoesAndAMinimalDeadRowStopsNothing() throws {
+    let db = try TestDatabase("retention_own_row")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      CREATE TABLE xp.dups (id text, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}');
+      ALTER TABLE xp.dups REPLICA IDENTITY FULL;
+      SELECT sluice.add_source('xp.dups', actor_column => 'user_id', event_type_column => 'type', retain => '0 s');
+      UPDATE sluice.sources SET retain = '0 s' WHERE relation = 'xp.actions';
+      INSERT INTO sluice.event_log (source, event_id, event_type, actor, status, reason, attempts, commit_lsn)
+      VALUES ('xp.actions', 'ghost', 'award', 'ann', 'dead', 'its ledger row could not be written', 1, '0/1');
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0"])
+    try db.sql(
+      """
+      INSERT INTO xp.dups VALUES ('d1', 'ann', 'award', '{"xp": 1}'), ('u1', 'ann', 'award', '{"xp": 1}');
+      INSERT INTO xp.dups VALUES ('d1', 'ann', 'award', '{"xp": 100}');
+      """)
+    try XPFixture.insert(db, [("a", "ann", "award", 1, nil), ("b", "ann", "award", 1, nil)])
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 5 })  // ghost, d1, u1, a, b: the second d1 is a replay
+    try Self.caughtUp(db)
+    let (status, output, error) = try runCommand(db, ["compact"])
+    #expect(status == 0, "\(error)")
+    #expect(output.split(separator: "\n").sorted() == ["xp.actions: deleted 2 rows", "xp.dups: deleted 1 rows"])
+    #expect(try db.sql("SELECT id, payload->>'xp' FROM xp.dups ORDER BY 2").rows == [["d1", "1"], ["d1", "100"]])
+    #expect(try Self.rows(db).isEmpty)
+    #expect(try XPFixture.totals(db) == ["ann": 4])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// Review: a row that cannot be deleted for a while (a lock held
+  /// elsewhere) stops the walk where it is, so that it goes once the lock
+  /// is gone; and a source whose deletes would change other tables (a
+  /// cascading foreign key) is not retained at all.
+  @Test func aLockedRowGoesLaterAndCascadesAreRefused() throws {
+    let db = try TestDatabase("retention_locks")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      CREATE TABLE xp.orders (id text PRIMARY KEY, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}');
+      CREATE TABLE xp.order_lines (order_id text REFERENCES xp.orders (id) ON DELETE CASCADE, line int);
+      SELECT sluice.add_source('xp.orders', actor_column => 'user_id', event_type_column => 'type', retain => '0 s');
+      UPDATE sluice.sources SET retain = '0 s' WHERE relation = 'xp.actions';
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0"])
+    try XPFixture.insert(db, [("a", "ann", "award", 1, nil), ("locked", "ann", "award", 1, nil)])
+    try db.sql(
+      """
+      INSERT INTO xp.orders VALUES ('o1', 'ann', 'award', '{"xp": 1}');
+      INSERT INTO xp.order_lines VALUES ('o1', 1);
+      """)
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 3 })
+    try Self.caughtUp(db)
+    let holder = try PGConnection(conninfo: db.url)
+    defer { holder.close() }
+    try holder.simpleQuery("BEGIN; SELECT * FROM xp.actions WHERE id = 'locked' FOR UPDATE")
+    let (status, output, error) = try runCommand(db, ["compact"])
+    #expect(status == 0, "\(error)")
+    #expect(output.split(separator: "\n").sorted() == ["xp.actions: deleted 0 rows", "xp.orders: deleted 0 rows"])
+    #expect(error.contains("xp.actions: the walk stopped and tries again next pass"), "\(error)")
+    #expect(error.contains("xp.orders: nothing is deleted: a foreign key into it"), "\(error)")
+    try holder.simpleQuery("COMMIT")
+    #expect(
+      try Self.compact(db).split(separator: "\n").sorted() == [
+        "xp.actions: deleted 2 rows", "xp.orders: deleted 0 rows",
+      ])
+    #expect(try Self.rows(db).isEmpty)
+    #expect(try db.scalar("SELECT count(*) FROM xp.order_lines") == "1")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
   }

@@ -25,6 +25,8 @@ public enum Retention {
     /// The id column's type as SQL (`format_type`): ledger ids are cast back to it, so the delete uses its index.
     var idType: String
     var retain: String
+    /// Why deleting its rows would change other tables (a cascading foreign key, a delete trigger): then none go.
+    var refusal: String?
   }
 
   /// What one pass did (or, dry, would do) for a source.
@@ -48,7 +50,15 @@ public enum Retention {
     try connection.query(
       """
       SELECT s.relation, format('%I.%I', n.nspname, c.relname), s.id_column, format_type(a.atttypid, a.atttypmod),
-             s.retain::text
+             s.retain::text,
+             CASE
+               WHEN EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.confdeltype IN ('c', 'n', 'd')
+                              AND f.confrelid IN (SELECT relid FROM pg_partition_tree(c.oid) UNION SELECT c.oid))
+                 THEN 'a foreign key into it deletes or changes rows of another table (ON DELETE CASCADE, SET NULL or SET DEFAULT)'
+               WHEN EXISTS (SELECT 1 FROM pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 8) <> 0
+                              AND t.tgrelid IN (SELECT relid FROM pg_partition_tree(c.oid) UNION SELECT c.oid))
+                 THEN 'a trigger runs on its deletes'
+             END
       FROM sluice.sources s
       JOIN pg_class c ON c.relkind IN ('r', 'p')
       JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname || '.' || c.relname = s.relation
@@ -61,7 +71,7 @@ public enum Retention {
     ).rows.compactMap { row in
       guard let relation = row[0], let table = row[1], let id = row[2], let type = row[3], let retain = row[4]
       else { return nil }
-      return Source(relation: relation, table: table, idColumn: id, idType: type, retain: retain)
+      return Source(relation: relation, table: table, idColumn: id, idType: type, retain: retain, refusal: row[5])
     }
   }
 
@@ -91,9 +101,14 @@ public enum Retention {
     let ids = ids.filter { !$0.hasPrefix("sha256:") && !$0.hasPrefix("sluice:") }
     guard !ids.isEmpty else { return (0, nil) }
     let id = PGConnection.quoteIdentifier(source.idColumn)
+    // Only a row that is alone with its id text: a second such row (a
+    // replay's, another partition's, on a non-unique id column) is not an
+    // event, so neither goes, and one id never matches more than one row.
     let sql = """
-      DELETE FROM \(source.table)
-      WHERE \(id) = ANY (CAST($1::text[] AS \(source.idType)[])) AND \(id)::text = ANY ($1::text[])
+      DELETE FROM \(source.table) s
+      WHERE s.\(id) = ANY (CAST($1::text[] AS \(source.idType)[])) AND s.\(id)::text = ANY ($1::text[])
+        AND NOT EXISTS (SELECT 1 FROM \(source.table) o WHERE o.\(id) = s.\(id) AND o.\(id)::text = s.\(id)::text
+                        AND (o.tableoid, o.ctid) <> (s.tableoid, s.ctid))
       """
     func attempt(_ ids: [String]) throws -> Int? {
       try connection.simpleQuery("SAVEPOINT sluice_retention")
@@ -101,7 +116,7 @@ public enum Retention {
         let deleted = try connection.query(sql, [PGArray.literal(ids)]).affectedRows
         try connection.simpleQuery("RELEASE SAVEPOINT sluice_retention")
         return deleted
-      } catch let error as PostgresError where !error.isConnectionLoss && error.sqlState != .queryCanceled {
+      } catch let error as PostgresError where Self.rowStays(error) {
         try connection.simpleQuery("ROLLBACK TO SAVEPOINT sluice_retention")
         failure = failure ?? error.message
         return nil
@@ -112,6 +127,16 @@ public enum Retention {
     var deleted = 0
     for one in ids { deleted += try attempt([one]) ?? 0 }
     return (deleted, failure)
+  }
+
+  /// Errors that are the row's own (a foreign key into it, a table with no
+  /// replica identity for deletes, an id that no longer casts to a retyped
+  /// column): the row stays and the walk goes on. Any other error (a lock
+  /// held too long, a missing DELETE privilege, a cancel) rolls the batch
+  /// back, and the walk stays where it was, to try again next pass.
+  static func rowStays(_ error: PostgresError) -> Bool {
+    guard let state = error.sqlState, !error.isConnectionLoss else { return false }
+    return state == .foreignKeyViolation || state == .objectNotInPrerequisiteState || state.isDataException
   }
 
   /// One batch of a walk: in one transaction, the rows of the final events
@@ -141,7 +166,9 @@ public enum Retention {
     } else {
       rows = try connection.query(
         """
-        SELECT event_id, status, commit_lsn::text AS position, committed_at < now() - $2::interval FROM sluice.event_log
+        SELECT event_id, status, commit_lsn::text AS position,
+               coalesce(committed_at, processed_at) < now() - $2::interval
+        FROM sluice.event_log
         WHERE source = $1 AND commit_lsn IS NOT NULL AND (commit_lsn, event_id) > ($4::pg_lsn, $5)
           AND commit_lsn <= $3::pg_lsn
         ORDER BY commit_lsn, event_id LIMIT \(batchRows)
@@ -169,19 +196,26 @@ public enum Retention {
     return (walked.count, deleted)
   }
 
-  /// Held dead events that are resolved now and old enough: their rows go.
-  static func releaseHeld(_ source: Source, on connection: PGConnection, failures: inout [String]) throws -> Int {
+  /// Held dead events that are resolved now and old enough: their rows go,
+  /// at most `batchRows` of them per call (the caller's transaction).
+  /// Returns (events released, rows deleted).
+  static func releaseHeld(_ source: Source, on connection: PGConnection, failures: inout [String]) throws -> (Int, Int)
+  {
     let resolved = try connection.query(
       """
-      DELETE FROM sluice.retention_held h USING sluice.event_log l
-      WHERE h.source = $1 AND l.source = h.source AND l.event_id = h.event_id AND l.status IN \(final)
-        AND coalesce(l.committed_at, l.processed_at) < now() - $2::interval
+      WITH resolved AS (
+        SELECT h.event_id FROM sluice.retention_held h
+        JOIN sluice.event_log l ON l.source = h.source AND l.event_id = h.event_id
+        WHERE h.source = $1 AND l.status IN \(final) AND coalesce(l.committed_at, l.processed_at) < now() - $2::interval
+        ORDER BY h.event_id LIMIT \(batchRows))
+      DELETE FROM sluice.retention_held h USING resolved r
+      WHERE h.source = $1 AND h.event_id = r.event_id
       RETURNING h.event_id
       """, [source.relation, source.retain]
     ).rows.compactMap { $0[0] }
     let (deleted, failure) = try delete(resolved, of: source, on: connection)
     if let failure { failures.append(failure) }
-    return deleted
+    return (resolved.count, deleted)
   }
 
   /// One pass over every source with `retain`: deletes the rows that may go.
@@ -210,20 +244,43 @@ public enum Retention {
     }
     var outcomes: [Outcome] = []
     for source in try sources(connection, publication: publication) {
-      try connection.query(
-        "INSERT INTO sluice.retention_state (source) VALUES ($1) ON CONFLICT DO NOTHING", [source.relation])
       let started = ContinuousClock.now
+      if let refusal = source.refusal {
+        outcomes.append(Outcome(relation: source.relation, rows: 0, kept: "nothing is deleted: \(refusal)"))
+        continue
+      }
       var failures: [String] = []
-      var deleted = try transaction { try releaseHeld(source, on: connection, failures: &failures) }
-      for backfilled in [false, true] {
+      var deleted = 0
+      // One source's failure (a lock held too long, a missing privilege) stops its walk where it
+      // stands, to be tried again next pass; the other sources go on.
+      if dryRun { try connection.simpleQuery("SAVEPOINT sluice_source") }
+      do {
+        try connection.query(
+          "INSERT INTO sluice.retention_state (source) VALUES ($1) ON CONFLICT DO NOTHING", [source.relation])
         while !stop() {
-          let (walked, rows) = try transaction {
-            try step(source, confirmed: confirmed, on: connection, backfilled: backfilled, failures: &failures)
-          }
+          let (released, rows) = try transaction { try releaseHeld(source, on: connection, failures: &failures) }
           deleted += rows
-          if walked < batchRows { break }
-          pace(deleted, started.duration(to: .now).inSeconds)
+          if released < batchRows { break }
         }
+        for backfilled in [false, true] {
+          while !stop() {
+            let (walked, rows) = try transaction {
+              try step(source, confirmed: confirmed, on: connection, backfilled: backfilled, failures: &failures)
+            }
+            deleted += rows
+            if walked < batchRows { break }
+            pace(deleted, started.duration(to: .now).inSeconds)
+          }
+        }
+        if dryRun { try connection.simpleQuery("RELEASE SAVEPOINT sluice_source") }
+      } catch let error as PostgresError where !error.isConnectionLoss && connection.isHealthy {
+        if dryRun { try connection.simpleQuery("ROLLBACK TO SAVEPOINT sluice_source") }
+        failures.insert("the walk stopped and tries again next pass: \(error.message)", at: 0)
+        outcomes.append(
+          Outcome(
+            relation: source.relation, rows: deleted, seconds: started.duration(to: .now).inSeconds,
+            kept: failures.first))
+        continue
       }
       outcomes.append(
         Outcome(
@@ -245,7 +302,7 @@ public enum Retention {
         LEFT JOIN sluice.retention_state r ON r.source = l.source
         WHERE l.source = $1 AND l.commit_lsn IS NOT NULL AND l.status IN \(final)
           AND (l.commit_lsn, l.event_id) > (coalesce(r.through_lsn, '0/0'), coalesce(r.through_event_id, ''))
-          AND l.commit_lsn <= $3::pg_lsn AND l.committed_at < now() - $2::interval
+          AND l.commit_lsn <= $3::pg_lsn AND coalesce(l.committed_at, l.processed_at) < now() - $2::interval
         """, [source.relation, source.retain, confirmed]
       ).scalar
       return Outcome(relation: source.relation, rows: Int(count ?? "") ?? 0)
@@ -258,6 +315,8 @@ extension Operations {
   public func compact(dryRun: Bool) throws -> [Retention.Outcome] {
     let connection = try connect("sluice-compact")
     defer { connection.close() }
+    // As the daemon's passes: a lock held elsewhere stops a source's walk (it says so), never the command.
+    try connection.simpleQuery("SET lock_timeout = '5s'")
     return try Retention.pass(
       connection, slot: configuration.slot, publication: configuration.publication, dryRun: dryRun)
   }
