@@ -62,7 +62,9 @@ public final class Daemon: @unchecked Sendable {
         break
       } catch let error where Self.isTransient(error) && !stop.isSet {
         metrics.setStreaming(false)
-        let wait = backoff.next(unit: Double.random(in: 0..<1))
+        // A slot still active for a dying walsender (a takeover) frees within moments: retry soon.
+        let slotBusy = (error as? PostgresError)?.sqlState == .objectInUse
+        let wait = min(backoff.next(unit: Double.random(in: 0..<1)), slotBusy ? 500 : .max)
         logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
         notifier.notify("STATUS=reconnecting: \(Self.oneLine(error))")
         stop.sleep(milliseconds: wait)

@@ -62,7 +62,7 @@ import Testing
     #expect(
       try eventually(20, "the first daemon to take over") {
         first.standardError.components(separatedBy: "info streaming").count - 1 > streams
-      })
+      }, "\(first.standardError.suffix(2000))")
     try XPFixture.insert(db, [("m", "mallory", "award", 100, nil)])
     #expect(try eventually { try XPFixture.ledgerCount(db) == 2 })
     first.signal(SIGTERM)
