@@ -35,7 +35,10 @@ public protocol EventHandler: Sendable {
 /// path; the careful path (after any failure) calls `handle` per event.
 ///
 /// Contract: decide every event first, and write only for the applied ones.
-/// Return one outcome per event, in order.
+/// Return one outcome per event, in order. A run in which it rejects an
+/// event it emitted for is redone event by event, each in a savepoint, so
+/// that the rejected event queues nothing; its later runs go event by event
+/// on the fast path too.
 public protocol BatchEventHandler: EventHandler {
   func handle(batch events: [Event], in context: HandlerContext) throws -> [Outcome]
 }
@@ -59,6 +62,8 @@ public final class HandlerContext {
   private(set) var savepointOpen = false
   /// Statements this event has run or queued.
   private(set) var statements = 0
+  /// The events `emit` queued deliveries for (`emitKey`).
+  private(set) var emittedFor: Set<Bytewise> = []
 
   init(connection: PGConnection, pipeline: PipelineBatch? = nil, savepoint: Bool = false, event: Event? = nil) {
     self.connection = connection
@@ -81,6 +86,12 @@ public final class HandlerContext {
     try execute(
       "SELECT sluice.queue_delivery($1, $2::jsonb, $3, \(Ledger.ledgerID("$4", "$7")), $5, $6)",
       [endpoint, body, event.source, event.id, event.type, event.actor, Ledger.flag(event)])
+    emittedFor.insert(Self.emitKey(event))
+  }
+
+  /// Which event a delivery belongs to: its source and id, as the outbox names it.
+  static func emitKey(_ event: Event) -> Bytewise {
+    Bytewise("\(event.idIsSynthetic)\u{0}\(event.source)\u{0}\(event.id)")
   }
 
   /// Runs a statement with bound parameters and returns its rows.

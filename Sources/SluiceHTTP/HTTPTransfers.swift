@@ -34,6 +34,8 @@ public struct HTTPOutcome: Sendable {
   public var error: String?
   /// The first bytes of the answer's body, for `last_error`.
   public var bodyPrefix: String
+  /// The body went on past `bodyPrefix`.
+  public var bodyTruncated = false
   public var seconds: Double
 }
 
@@ -49,6 +51,7 @@ public final class HTTPTransfers: @unchecked Sendable {
     let easy: UnsafeMutableRawPointer
     var headers: UnsafeMutablePointer<curl_slist>?
     var prefix: [UInt8] = []
+    var dropped = false
     let started = ContinuousClock.now
     init(tag: Int64, easy: UnsafeMutableRawPointer) {
       self.tag = tag
@@ -119,6 +122,7 @@ public final class HTTPTransfers: @unchecked Sendable {
     guard let bytes, let context else { return total }
     let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
     let keep = min(total, HTTPTransfers.prefixBytes - transfer.prefix.count)
+    if keep < total { transfer.dropped = true }
     if keep > 0 {
       bytes.withMemoryRebound(to: UInt8.self, capacity: keep) {
         transfer.prefix.append(contentsOf: UnsafeBufferPointer(start: $0, count: keep))
@@ -140,7 +144,7 @@ public final class HTTPTransfers: @unchecked Sendable {
       let code = sluice_curl_message_result(message)
       var outcome = HTTPOutcome(
         tag: transfer.tag, status: nil, retryAfterSeconds: nil, error: nil,
-        bodyPrefix: String(decoding: transfer.prefix, as: UTF8.self),
+        bodyPrefix: String(decoding: transfer.prefix, as: UTF8.self), bodyTruncated: transfer.dropped,
         seconds: transfer.started.duration(to: .now).inSeconds)
       if code == CURLE_OK {
         var status = 0

@@ -345,6 +345,78 @@ import Testing
     #expect(daemon.waitForExit() == 0)
   }
 
+  /// Review: a receiver whose answer echoes the request's path (Express's 404
+  /// page does) cannot put the URL's secret path or query into `last_error`,
+  /// `outbox list` or a log line.
+  @Test func anAnswerThatEchoesTheURLLeaksNoSecretOfIt() throws {
+    let receiver = try WebhookReceiver()
+    let endpoints = [("gone", "/echo/404/hook/tok3n?key=s3cret"), ("busy", "/echo/503/hook/tok3n?key=s3cret")]
+    let db = try Self.setUp(
+      "webhook_echo", receiver, endpoints: endpoints, webhooks: endpoints.map { ("to_\($0.0)", $0.0) })
+    let daemon = try startDaemon(
+      db, ["SLUICE_OUTBOX_BACKOFF_MS": "20", "SLUICE_OUTBOX_MAX_ATTEMPTS": "2", "SLUICE_LOG_LEVEL": "debug"])
+    try XPFixture.insert(db, endpoints.map { ("e_\($0.0)", "ann_\($0.0)", "to_\($0.0)", 1, nil) })
+    #expect(
+      try eventually(20, "both dead: \((try? Self.outbox(db)) ?? [])") {
+        let rows = try Self.outbox(db)
+        return rows.count == 2 && rows.allSatisfy { $0[1] == "dead" }
+      })
+    // The receiver did echo the secret path (its log has what it answered).
+    #expect(receiver.requests.map(\.status).sorted() == [404, 503, 503])
+    let errors = try db.sql("SELECT endpoint, last_error FROM sluice.outbox ORDER BY endpoint").rows
+    #expect(
+      errors == [
+        ["busy", "HTTP 503: <pre>Cannot POST [url]</pre>"], ["gone", "HTTP 404: <pre>Cannot POST [url]</pre>"],
+      ])
+    let (_, list, _) = try runCommand(db, ["outbox", "list", "--json"])
+    #expect(list.contains("Cannot POST [url]"), "\(list)")
+    let (_, status, _) = try runCommand(db, ["status", "--json"])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(daemon.standardError.contains("will retry"))
+    for text in [list, status, daemon.standardError] + errors.map({ $0[1] ?? "" }) {
+      #expect(!text.contains("tok3n"), "\(text)")
+      #expect(!text.contains("s3cret"), "\(text)")
+    }
+  }
+
+  /// Review: a batch handler that emits for every event of its run and
+  /// rejects one of them queues nothing for that one (SPEC section 9: a
+  /// rejected event queues nothing), and stays on the fast path after.
+  @Test func aBatchHandlerThatRejectsAnEventItEmittedForQueuesNothingForIt() throws {
+    let receiver = try WebhookReceiver()
+    let db = try Self.setUp("webhook_batch_reject", receiver, endpoints: [("edge", "/ok")])
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('swift_emit_batch', 'anyone')")
+    let daemon = try startDaemon(db, ["SLUICE_LOG_LEVEL": "debug"], binary: "sluice-fixtures")
+    /// One source transaction: one run of the batch handler.
+    func insert(_ ids: [String], rejecting: String) throws {
+      let rows = ids.map { "('\($0)', 'ann', 'swift_emit_batch', '\($0 == rejecting ? #"{"reject": true}"# : "{}")')" }
+      try db.sql("INSERT INTO xp.actions (id, user_id, type, payload) VALUES \(rows.joined(separator: ", "))")
+    }
+    try insert(["b1", "b2", "b3"], rejecting: "b2")
+    #expect(
+      try eventually(20, "the ledger") {
+        try XPFixture.statuses(db) == ["b1": "applied", "b2": "rejected", "b3": "applied"]
+      })
+    #expect(try Self.outbox(db).map { $0[0] } == ["xp.actions/b1/1", "xp.actions/b3/1"])
+    #expect(try eventually(20, "two deliveries") { receiver.requests.count >= 2 })
+    // Again, now that the handler is known to do so.
+    try insert(["c1", "c2", "c3"], rejecting: "c2")
+    #expect(try eventually(20, "the second run") { try XPFixture.statuses(db).count == 6 })
+    #expect(try XPFixture.statuses(db)["c2"] == "rejected")
+    #expect(
+      try Self.outbox(db).map { $0[0] } == ["xp.actions/b1/1", "xp.actions/b3/1", "xp.actions/c1/1", "xp.actions/c3/1"])
+    #expect(try eventually(20, "four deliveries") { receiver.requests.count >= 4 })
+    #expect(try eventually(10) { try Self.outbox(db).allSatisfy { $0[1] == "delivered" } })
+    #expect(receiver.requests.map(\.id) == ["b1", "b3", "c1", "c3"].map { "xp.actions/\($0)/1" })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    // The first run was redone event by event; the second stayed on the fast path.
+    let redone = daemon.standardError.components(separatedBy: "batch part redone").count - 1
+    #expect(redone == 1, "\(redone) redone")
+    #expect(daemon.standardError.contains("rejected an event it emitted for"))
+  }
+
   /// Attack review: a client's own backlog to an endpoint that fails for it must not stall other actors.
   @Test func oneActorsFailingBacklogDoesNotStallOthers() throws {
     let receiver = try WebhookReceiver()

@@ -27,6 +27,8 @@ final class OutboxDeliverer: @unchecked Sendable {
   private struct Flight {
     var endpoint: String
     var entry: OutboxEntry
+    /// Where it went: what a receiver's answer may echo (`URLRedaction`).
+    var url = ""
   }
 
   /// An outcome to write back.
@@ -228,7 +230,8 @@ final class OutboxDeliverer: @unchecked Sendable {
       for _ in 0..<(Self.window / Self.pageSize) {
         guard let scheduler = schedulers[name], scheduler.room > 0 else { break }
         let entries = try page(sql, endpoint: name, after: scheduler.cursor)
-        let reached = schedulers[name]?.add(entries, now: now)
+        let reached = schedulers[name]?.add(
+          entries, after: scheduler.cursor, through: entries.count < Self.pageSize ? .max : nil, now: now)
         if entries.count < Self.pageSize || reached != entries.last?.id { break }
       }
     }
@@ -249,7 +252,8 @@ final class OutboxDeliverer: @unchecked Sendable {
           break
         }
         let entries = try page(sql, endpoint: name, after: position, through: cursor)
-        let reached = schedulers[name]?.add(entries, now: now)
+        let reached = schedulers[name]?.add(
+          entries, after: position, through: entries.count < Self.pageSize ? cursor : nil, now: now)
         if entries.count < Self.pageSize, reached == entries.last?.id {
           done = true
           break
@@ -298,8 +302,9 @@ final class OutboxDeliverer: @unchecked Sendable {
     var found: [Int64: [String?]] = [:]
     for row in rows { if let id = row[0].flatMap({ Int64($0) }) { found[id] = row } }
     let timestamp = Clock.unixMilliseconds() / 1000
-    for flight in taken {
+    for var flight in taken {
       let id = flight.entry.id
+      flight.url = endpoints[flight.endpoint]?.url ?? ""
       flights[id] = flight
       guard let row = found[id], let key = row[1], let eventID = row[2], let type = row[3], let body = row[4],
         let endpoint = endpoints[flight.endpoint]
@@ -341,7 +346,9 @@ final class OutboxDeliverer: @unchecked Sendable {
       let decision = rules.decide(result, attempts: flight.entry.attempts + 1, unit: .random(in: 0..<1))
       var error = outcome.error
       if let status = outcome.status, !(200...299).contains(status) {
-        let prefix = Self.printable(outcome.bodyPrefix)
+        // Many error pages echo the request: its URL must not reach last_error or a log line.
+        let prefix = URLRedaction.redact(
+          Self.printable(outcome.bodyPrefix), url: flight.url, truncated: outcome.bodyTruncated)
         error = "HTTP \(status)" + (prefix.isEmpty ? "" : ": \(prefix)")
       }
       finish(flight, decision, status: outcome.status, error: error, seconds: outcome.seconds)
@@ -354,7 +361,10 @@ final class OutboxDeliverer: @unchecked Sendable {
       .trimmingCharacters(in: .whitespaces)
   }
 
+  /// Every error text goes through `URLRedaction` before `last_error` and the
+  /// log lines (a receiver's answer was already, knowing whether it was cut off).
   private func finish(_ flight: Flight, _ decision: DeliveryDecision, status: Int?, error: String?, seconds: Double) {
+    let error = error.map { URLRedaction.redact($0, url: flight.url) }
     let id = flight.entry.id
     let attempts = flight.entry.attempts + 1
     let now = Clock.unixMilliseconds()

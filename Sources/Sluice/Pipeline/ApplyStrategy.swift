@@ -224,11 +224,13 @@ struct FastStrategy: ApplyStrategy {
     }
   }
 
-  private func handle(_ unit: ApplyUnit, _ batch: PipelineBatch, attempt: Int) throws -> LedgerEntry {
+  private func handle(_ unit: ApplyUnit, _ batch: PipelineBatch, attempt: Int, savepoint: Bool = false) throws
+    -> LedgerEntry
+  {
     guard case .handle(let choice) = unit.work, let handler = environment.handler(choice, unit.event.type) else {
       return unit.entry(.dead, reason: "no handler for \(unit.event.type)", attempts: 0)
     }
-    let guarded = environment.guards.savepointTypes.contains(Bytewise(unit.event.type))
+    let guarded = savepoint || environment.guards.savepointTypes.contains(Bytewise(unit.event.type))
     let context = HandlerContext(
       connection: environment.connection, pipeline: batch, savepoint: guarded, event: unit.event)
     switch try handler.handle(unit.event, in: context) {
@@ -250,10 +252,21 @@ struct FastStrategy: ApplyStrategy {
     guard let first = units.first, let handler = environment.registry.handler(for: first.event.type),
       let batchHandler = handler as? any BatchEventHandler
     else { throw FastPathAbort(reason: "no batch handler") }
+    if environment.guards.eventByEventTypes.contains(Bytewise(first.event.type)) {
+      return try units.map { try handle($0, batch, attempt: attempt, savepoint: true) }
+    }
     let context = HandlerContext(connection: environment.connection, pipeline: batch)
     let outcomes = try batchHandler.handle(batch: units.map(\.event), in: context)
     guard outcomes.count == units.count else {
       throw FastPathAbort(reason: "\(handler.eventType): \(outcomes.count) outcomes for \(units.count) events")
+    }
+    // A rejected event queues nothing (SPEC section 9), but its deliveries are
+    // queued already, with no savepoint to undo them: the careful path redoes
+    // the run event by event, and later runs go event by event here.
+    for (unit, outcome) in zip(units, outcomes) where context.emittedFor.contains(HandlerContext.emitKey(unit.event)) {
+      guard case .rejected = outcome else { continue }
+      environment.guards.batchHandlerRejectedAfterEmitting(type: first.event.type)
+      throw FastPathAbort(reason: "\(handler.eventType): rejected an event it emitted for")
     }
     return zip(units, outcomes).map { unit, outcome in
       switch outcome {

@@ -11,12 +11,17 @@ import SluicePostgres
 /// path: a SQL function is called through a wrapper in `pg_temp` whose
 /// exception block turns SQLSTATE SL001 into a returned reason (a
 /// subtransaction per call), and a Swift handler's statements get a
+/// pipelined savepoint; a batch handler that rejected an event it had
+/// emitted for (the fast path sees it) is called event by event, each in a
 /// pipelined savepoint. Handlers that never reject pay nothing.
 final class RejectionGuards {
   /// SQL function → its wrapper (nil: it could not be created, e.g. no TEMP privilege).
   private var wrappers: [String: String?] = [:]
   private var pending: [String] = []
   private(set) var savepointTypes: Set<Bytewise> = []
+  /// Batch handlers that emitted for an event they then rejected: their
+  /// runs go event by event on the fast path, each in a pipelined savepoint.
+  private(set) var eventByEventTypes: Set<Bytewise> = []
   /// Guards are per handler, so bounded by the configuration; this bounds them anyway.
   static let limit = 256
 
@@ -28,6 +33,11 @@ final class RejectionGuards {
   func swiftHandlerRejectedAfterWriting(type: String) {
     guard savepointTypes.count < Self.limit else { return }
     savepointTypes.insert(Bytewise(type))
+  }
+
+  func batchHandlerRejectedAfterEmitting(type: String) {
+    guard eventByEventTypes.count < Self.limit else { return }
+    eventByEventTypes.insert(Bytewise(type))
   }
 
   /// Wrappers wait to be created (outside any pipeline).

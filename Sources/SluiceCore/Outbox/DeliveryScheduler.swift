@@ -25,7 +25,12 @@ public struct OutboxEntry: Sendable, Equatable {
 ///   first, up to the endpoint's `max_in_flight`.
 /// - At most `capacity` entries are held, and `chainCapacity` per actor:
 ///   pending deliveries are read in pages (`cursor`: the highest id read),
-///   never all at once; what a full chain passes over is read again later.
+///   never all at once; what a full chain passes over is read again later,
+///   by a walk from the start of the table.
+/// - An actor's held entries are always its oldest pending ones: once its
+///   chain has passed an entry over, none of its later entries is taken in
+///   (not even from a read of new rows, with room in the chain) until a
+///   page that begins below the one passed over brings them in, in order.
 public struct DeliveryScheduler: Sendable {
   struct Chain: Sendable {
     var entries: [OutboxEntry] = []
@@ -36,8 +41,6 @@ public struct DeliveryScheduler: Sendable {
     var head: OutboxEntry? { start < entries.count ? entries[start] : nil }
     var isEmpty: Bool { start >= entries.count }
     var count: Int { entries.count - start }
-    /// Entries of this actor were passed over since the last rescan began.
-    var truncated = false
 
     mutating func insert(_ entry: OutboxEntry) {
       var index = entries.count
@@ -72,11 +75,17 @@ public struct DeliveryScheduler: Sendable {
   public let chainCapacity: Int
   /// The highest id read so far: the next page starts after it.
   public var cursor: Int64 = 0
-  /// A chain that passed entries over (it was full) has room again: a
+  /// An actor that passed entries over has room in its chain again: a
   /// rescan from the start is wanted. Cleared by `startRescan`.
   public private(set) var refillWanted = false
   /// Chains by actor, compared byte-wise as Postgres compares text.
   private var chains: [Bytewise?: Chain] = [:]
+  /// Actors with pending entries that are not held, each with the lowest
+  /// id those may start at: every pending entry of the actor below it is
+  /// held, none at or above it may be taken in but from a page that begins
+  /// below it. Kept when the actor's chain drains; gone once a page has
+  /// brought every entry of the actor up to `cursor`.
+  private var gaps: [Bytewise?: Int64] = [:]
   /// id → its chain, for every entry held.
   private var chainOf: [Int64: Bytewise?] = [:]
   /// Heads that are due and idle, by id (stale ones are skipped when popped).
@@ -97,32 +106,71 @@ public struct DeliveryScheduler: Sendable {
   public func holds(_ id: Int64) -> Bool { chainOf[id] != nil }
 
   /// Adds a page read in id order while the window has room, and returns
-  /// the last id it got to (`cursor` moves up to it). An entry already held
-  /// takes the table's attempts and due time unless it is in flight (an
-  /// operator's `outbox retry`); one whose chain is full is passed over
-  /// (its chain is marked, and `refillWanted` once it drains).
+  /// the last id it got to (`cursor` moves up to it).
+  ///
+  /// The page holds every pending entry with an id in (`after`, `through`]
+  /// (`after` defaults to `cursor`: a read of new rows; `through` to the
+  /// page's last id: a full page). An entry already held takes the table's
+  /// attempts and due time unless it is in flight (an operator's `outbox
+  /// retry`). One whose chain is full is passed over, and so is every later
+  /// one of its actor until a page that begins below it (a walk from the
+  /// start) brings them in order; `refillWanted` says when such a walk
+  /// would find room. A late entry below ones held (committed out of id
+  /// order) takes the place of its chain's newest idle entry if it must.
   @discardableResult
-  public mutating func add(_ entries: [OutboxEntry], now: Int64) -> Int64? {
+  public mutating func add(_ entries: [OutboxEntry], after: Int64? = nil, through: Int64? = nil, now: Int64)
+    -> Int64?
+  {
+    let after = after ?? cursor
     var reached: Int64?
+    var stopped = false
+    /// Actors that passed an entry over in this page: the rest of their page waits too.
+    var passedOver: Set<Bytewise?> = []
     for entry in entries {
       if let key = chainOf[entry.id] {
         refresh(entry, in: key, now: now)
+        reached = entry.id
+        continue
+      }
+      guard room > 0 else {
+        stopped = true
+        break
+      }
+      let key = entry.actor.map(Bytewise.init)
+      let held = chains[key]?.count ?? 0
+      if let gap = gaps[key], entry.id >= gap, after >= gap || passedOver.contains(key) {
+        // An older entry of this actor is not held: this one waits for the walk that brings it.
+        if held < chainCapacity { refillWanted = true }
+      } else if held >= chainCapacity, !evictNewest(of: key, above: entry.id) {
+        gaps[key] = entry.id
+        passedOver.insert(key)
       } else {
-        guard room > 0 else { break }
-        let key = entry.actor.map(Bytewise.init)
-        if chains[key, default: Chain()].count >= chainCapacity {
-          chains[key]?.truncated = true
-        } else {
-          chainOf[entry.id] = key
-          let oldHead = chains[key]?.head?.id
-          chains[key, default: Chain()].insert(entry)
-          if chains[key]?.busy == false, chains[key]?.head?.id != oldHead { schedule(entry, now: now) }
-        }
+        chainOf[entry.id] = key
+        let oldHead = chains[key]?.head?.id
+        chains[key, default: Chain()].insert(entry)
+        if chains[key]?.busy == false, chains[key]?.head?.id != oldHead { schedule(entry, now: now) }
       }
       reached = entry.id
     }
     if let reached { cursor = max(cursor, reached) }
+    // Every pending entry in (after, covered] was offered: an actor's gap in
+    // that range that passed nothing over moves past it, or closes.
+    let covered = stopped ? (reached ?? after) : max(through ?? reached ?? after, reached ?? after)
+    for (key, gap) in gaps where after < gap && gap <= covered && !passedOver.contains(key) {
+      gaps[key] = covered >= cursor ? nil : covered + 1
+    }
     return reached
+  }
+
+  /// Makes room in a full chain for a late entry below its newest one, which
+  /// is let go (unless in flight) to be read again in order.
+  private mutating func evictNewest(of key: Bytewise?, above id: Int64) -> Bool {
+    guard let chain = chains[key], let newest = chain.entries.last, newest.id > id, chain.busyID != newest.id
+    else { return false }
+    chains[key]?.remove(at: chain.entries.count - 1)
+    chainOf[newest.id] = nil
+    gaps[key] = min(gaps[key] ?? newest.id, newest.id)
+    return true
   }
 
   private mutating func refresh(_ entry: OutboxEntry, in key: Bytewise?, now: Int64) {
@@ -168,7 +216,7 @@ public struct DeliveryScheduler: Sendable {
     } else {
       chains[key]?.remove(at: index)
       chainOf[id] = nil
-      if chain.truncated { refillWanted = true }
+      if gaps[key] != nil { refillWanted = true }
     }
     guard let head = chains[key]?.head else {
       chains[key] = nil
@@ -177,10 +225,9 @@ public struct DeliveryScheduler: Sendable {
     schedule(head, now: now)
   }
 
-  /// A walk from the start of the table begins: chains that pass entries over from now on are marked anew.
+  /// A walk from the start of the table begins: it brings in what chains with room passed over.
   public mutating func startRescan() {
     refillWanted = false
-    for key in chains.keys { chains[key]?.truncated = false }
   }
 
   /// When the earliest waiting head falls due (nil: none waits).

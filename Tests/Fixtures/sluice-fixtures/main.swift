@@ -33,4 +33,23 @@ struct EmitFromSwift: EventHandler {
   }
 }
 
-SluiceCLI.main(handlers: [CrashOnMark(), EmitFromSwift()])
+/// `swift_emit_batch`: a batch handler that queues a delivery to `edge` for
+/// every event of its run, then rejects those whose payload says so:
+/// against the contract (decide first, write only for applied events), as
+/// a careless handler would. A rejected event's delivery must never be sent.
+struct EmitFromSwiftBatch: BatchEventHandler {
+  let eventType = "swift_emit_batch"
+
+  func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    try handle(batch: [event], in: context)[0]
+  }
+
+  func handle(batch events: [Event], in context: HandlerContext) throws -> [Outcome] {
+    try events.map { event in
+      try context.emit(endpoint: "edge", body: #"{"from": "swift batch", "event": "\#(event.id)"}"#, for: event)
+      return event.payload?["reject"] != nil ? .rejected("asked to reject") : .applied
+    }
+  }
+}
+
+SluiceCLI.main(handlers: [CrashOnMark(), EmitFromSwift(), EmitFromSwiftBatch()])
