@@ -27,6 +27,8 @@ public enum Retention {
     var retain: String
     /// Why deleting its rows would change other tables (a cascading foreign key, a delete trigger): then none go.
     var refusal: String?
+    /// A unique index on the id column alone: no two rows share an id, so the delete need not check.
+    var idUnique = false
   }
 
   /// What one pass did (or, dry, would do) for a source.
@@ -58,7 +60,9 @@ public enum Retention {
                WHEN EXISTS (SELECT 1 FROM pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 8) <> 0
                               AND t.tgrelid IN (SELECT relid FROM pg_partition_tree(c.oid) UNION SELECT c.oid))
                  THEN 'a trigger runs on its deletes'
-             END
+             END,
+             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
+                       AND i.indkey[0] = a.attnum AND i.indpred IS NULL)
       FROM sluice.sources s
       JOIN pg_class c ON c.relkind IN ('r', 'p')
       JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname || '.' || c.relname = s.relation
@@ -71,7 +75,9 @@ public enum Retention {
     ).rows.compactMap { row in
       guard let relation = row[0], let table = row[1], let id = row[2], let type = row[3], let retain = row[4]
       else { return nil }
-      return Source(relation: relation, table: table, idColumn: id, idType: type, retain: retain, refusal: row[5])
+      return Source(
+        relation: relation, table: table, idColumn: id, idType: type, retain: retain, refusal: row[5],
+        idUnique: row[6] == "t")
     }
   }
 
@@ -104,11 +110,18 @@ public enum Retention {
     // Only a row that is alone with its id text: a second such row (a
     // replay's, another partition's, on a non-unique id column) is not an
     // event, so neither goes, and one id never matches more than one row.
+    // A unique index on the id says so already (equal values, equal text).
+    let alone =
+      source.idUnique
+      ? ""
+      : """
+      AND NOT EXISTS (SELECT 1 FROM \(source.table) o WHERE o.\(id) = s.\(id) AND o.\(id)::text = s.\(id)::text
+                      AND (o.tableoid, o.ctid) <> (s.tableoid, s.ctid))
+      """
     let sql = """
       DELETE FROM \(source.table) s
       WHERE s.\(id) = ANY (CAST($1::text[] AS \(source.idType)[])) AND s.\(id)::text = ANY ($1::text[])
-        AND NOT EXISTS (SELECT 1 FROM \(source.table) o WHERE o.\(id) = s.\(id) AND o.\(id)::text = s.\(id)::text
-                        AND (o.tableoid, o.ctid) <> (s.tableoid, s.ctid))
+      \(alone)
       """
     func attempt(_ ids: [String]) throws -> Int? {
       try connection.simpleQuery("SAVEPOINT sluice_retention")
