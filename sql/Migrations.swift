@@ -22,5 +22,8 @@ public enum SchemaMigrations {
     Migration(version: 4, name: "004_outbox", sql: String(decoding: PackageResources._04_outbox_sql, as: UTF8.self)),
     Migration(
       version: 5, name: "005_retention", sql: String(decoding: PackageResources._05_retention_sql, as: UTF8.self)),
+    Migration(
+      version: 6, name: "006_outbox_body_limit",
+      sql: String(decoding: PackageResources._06_outbox_body_limit_sql, as: UTF8.self)),
   ]
 }

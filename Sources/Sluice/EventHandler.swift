@@ -181,8 +181,16 @@ struct WebhookHandler: EventHandler {
   let eventType: String
   let endpoint: String
 
+  /// A delivery's body is at most 1 MiB (migration 006 holds `emit` to it too).
+  static let maximumBodyBytes = 1 << 20
+
   func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
-    try context.emit(endpoint: endpoint, body: event.json(), for: event)
+    let body = event.json()
+    // The SQL function's check would make it an error, retried in vain: the event itself is too large.
+    guard body.utf8.count <= Self.maximumBodyBytes else {
+      return .rejected("the event is \(body.utf8.count) bytes as JSON, over the 1 MiB limit of a webhook body")
+    }
+    try context.emit(endpoint: endpoint, body: body, for: event)
     return .applied
   }
 }
