@@ -1,6 +1,7 @@
 import Foundation
 import Sluice
 import SluiceHTTP
+import SluicePostgres
 import Testing
 
 /// SPEC section 9: deliveries sent if and only if their event applied,
@@ -437,6 +438,69 @@ import Testing
     #expect(receiver.requests.filter { $0.status == 503 }.count == 1, "mallory's head waits for its retry")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
+  }
+
+  /// Review: an outbox row that another session holds locked (an operator's
+  /// `SELECT ... FOR UPDATE` left open in psql) is sent, its outcome kept in
+  /// memory and written once the lock goes. It is not sent again meanwhile,
+  /// the deliverer never waits on it nor resets its session, and every other
+  /// delivery goes once, in order: the locked one counts as done for its
+  /// actor when delivered, and keeps its place when it failed.
+  @Test func aRowLockedElsewhereIsNotResentAndDisturbsNothingElse() throws {
+    let receiver = try WebhookReceiver()
+    let endpoints = [("edge", "/ok"), ("flaky", "/fail/1/503"), ("slow", "/jitter/400/5")]
+    let db = try Self.setUp("webhook_locked_row", receiver, endpoints: endpoints)
+    // The slot first: creating it would wait for the locking transaction to end.
+    try createSlot(db)
+    // ann's a1 will be delivered while locked, carol's c1 will fail while locked.
+    var queued = [("edge", "ann", "a1"), ("edge", "ann", "a2"), ("edge", "ann", "a3")]
+    queued += [("flaky", "carol", "c1"), ("flaky", "carol", "c2")]
+    queued += (0..<40).map { ("slow", "actor\($0 % 10)", "s\($0)") }
+    for (endpoint, actor, event) in queued {
+      try db.sql(
+        """
+        INSERT INTO sluice.outbox (endpoint, source, event_id, event_type, actor, idempotency_key, body)
+        VALUES ($1, 'xp.actions', $3, 'ping', $2, 'xp.actions/' || $3 || '/1', '{}')
+        """, [endpoint, actor, event])
+    }
+    func key(_ event: String) -> String { "xp.actions/\(event)/1" }
+    func received(_ event: String) -> Int { receiver.requests.filter { $0.id == key(event) }.count }
+    func row(_ event: String) throws -> [String?] {
+      try db.sql("SELECT status, attempts::text FROM sluice.outbox WHERE idempotency_key = $1", [key(event)]).rows
+        .first ?? []
+    }
+    let holder = try PGConnection(conninfo: db.url)
+    defer { holder.close() }
+    try holder.simpleQuery(
+      "BEGIN; SELECT * FROM sluice.outbox WHERE idempotency_key IN ('\(key("a1"))', '\(key("c1"))') FOR UPDATE")
+    let locked = Date()
+    let daemon = try startDaemon(db, ["SLUICE_OUTBOX_BACKOFF_MS": "20"])
+    let others = ["a2", "a3"] + (0..<40).map { "s\($0)" }
+    #expect(
+      try eventually(20, "the other deliveries written while a1 and c1 are locked: \(daemon.standardError)") {
+        try others.allSatisfy { try row($0).first == "delivered" } && received("a1") >= 1 && received("c1") >= 1
+      })
+    // The lock is held for 15 s: three of the old lock timeouts.
+    while Date() < locked.addingTimeInterval(15) { usleep(100_000) }
+    #expect((1...2).contains(received("a1")), "a1 sent \(received("a1")) times while locked")
+    #expect((1...2).contains(received("c1")), "c1 sent \(received("c1")) times while locked")
+    #expect(received("c2") == 0, "c2 waits behind c1, which failed")
+    #expect(try row("a1") == ["pending", "0"])
+    #expect(try row("c1") == ["pending", "0"])
+    try holder.simpleQuery("COMMIT")
+    #expect(try eventually(5, "a1 written: \((try? row("a1")) ?? [])") { try row("a1") == ["delivered", "1"] })
+    #expect(
+      try eventually(10, "c1 and c2 delivered") { try row("c1").first == "delivered" && row("c2").first == "delivered" }
+    )
+    #expect(try row("c1") == ["delivered", "2"])
+    #expect(received("a1") <= 2)
+    for event in others { #expect(received(event) == 1, "\(event) sent \(received(event)) times") }
+    let carol = receiver.requests.filter { $0.path == "/fail/1/503" }.map(\.id)
+    #expect(
+      carol.drop { $0 == key("c1") } == [key("c2"), key("c2")], "carol's in order, c2 after c1's last try: \(carol)")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(!daemon.standardError.contains("webhook delivery paused"), "\(daemon.standardError)")
   }
 
   /// Attack review: a SQL handler that once rejected is called through a guard on the

@@ -15,6 +15,8 @@ import Synchronization
 /// them, many at once from this one thread. Outcomes are written back in
 /// batches with `synchronous_commit = off`: an outcome lost in a crash only
 /// repeats a delivery under the same webhook-id (at least once, never lost).
+/// A row another session holds locked is skipped, never waited for: its
+/// outcome is kept (`unwritten`) and written once the lock is gone.
 final class OutboxDeliverer: @unchecked Sendable {
   struct Endpoint: Sendable {
     var url: String
@@ -34,6 +36,7 @@ final class OutboxDeliverer: @unchecked Sendable {
   /// An outcome to write back.
   private struct Outcome {
     var id: Int64
+    var endpoint: String
     var status: String
     var attempts: Int
     var lastStatus: Int?
@@ -56,6 +59,14 @@ final class OutboxDeliverer: @unchecked Sendable {
   private var schedulers: [String: DeliveryScheduler] = [:]
   private var flights: [Int64: Flight] = [:]
   private var outcomes: [Outcome] = []
+  /// Outcomes whose rows another session held locked, by id, with when that
+  /// was first found: written again each second. Meanwhile their rows are
+  /// left out of every page read, so they are not sent again (a retry among
+  /// them keeps its chain's place but waits until written). After
+  /// `unwrittenMilliseconds`, or beyond `window` of them, the oldest are
+  /// dropped: their rows are read again as the table has them, and sent again.
+  private var unwritten: [Int64: (outcome: Outcome, since: Int64)] = [:]
+  private var nextUnwrittenWrite: Int64 = 0
   /// Per endpoint, how far a walk from the start of the table has got
   /// (absent: not walking): it finds deliveries put back by `outbox retry`,
   /// committed out of id order by another process, or passed over by a full chain.
@@ -71,6 +82,8 @@ final class OutboxDeliverer: @unchecked Sendable {
   static let channel = "sluice_outbox"  // Operations.notifyDeliverer
   /// On a stop, how long deliveries in flight may take to finish.
   static let stopGraceMilliseconds = 2000
+  /// How long an outcome whose row is locked elsewhere is kept unwritten.
+  static let unwrittenMilliseconds: Int64 = 60_000
 
   init(conninfo: String, rules: DeliveryRules, logger: Logger, metrics: DaemonMetrics) throws {
     self.conninfo = conninfo
@@ -114,6 +127,7 @@ final class OutboxDeliverer: @unchecked Sendable {
         transfers.cancelAll()
         flights.removeAll()
         outcomes.removeAll()
+        unwritten.removeAll()
         let wait = backoff.next(unit: Double.random(in: 0..<1))
         logger.warning(
           "webhook delivery paused: lost its database connection",
@@ -175,7 +189,7 @@ final class OutboxDeliverer: @unchecked Sendable {
       try dispatch(sql, now: Clock.unixMilliseconds())
       let finished = transfers.perform()
       record(finished)
-      try writeOutcomes(sql)
+      try writeOutcomes(sql, now: Clock.unixMilliseconds())
       if finished.isEmpty, rescans.isEmpty {
         // Until the next read, or the next retry due at an endpoint with room for it
         // (a full endpoint is woken by its transfers finishing).
@@ -203,7 +217,8 @@ final class OutboxDeliverer: @unchecked Sendable {
     }
     transfers.cancelAll()
     flights.removeAll()
-    try writeOutcomes(sql)
+    nextUnwrittenWrite = 0
+    try writeOutcomes(sql, now: Clock.unixMilliseconds())
   }
 
   private func loadEndpoints(_ sql: PGConnection) throws {
@@ -265,7 +280,8 @@ final class OutboxDeliverer: @unchecked Sendable {
     }
   }
 
-  /// One page of an endpoint's pending deliveries, in id order.
+  /// One page of an endpoint's pending deliveries, in id order, but those
+  /// with an unwritten outcome: to this process they are done, or held.
   private func page(_ sql: PGConnection, endpoint: String, after: Int64, through: Int64 = .max) throws
     -> [OutboxEntry]
   {
@@ -273,8 +289,11 @@ final class OutboxDeliverer: @unchecked Sendable {
       """
       SELECT id, actor, attempts,
         CASE WHEN attempts = 0 THEN 0 ELSE (extract(epoch FROM next_attempt_at) * 1000)::bigint END
-      FROM sluice.outbox WHERE status = 'pending' AND endpoint = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4
-      """, [endpoint, "\(after)", "\(through)", "\(Self.pageSize)"]
+      FROM sluice.outbox WHERE status = 'pending' AND endpoint = $1 AND id > $2 AND id <= $3
+        AND id <> ALL($5::bigint[])
+      ORDER BY id LIMIT $4
+      """,
+      [endpoint, "\(after)", "\(through)", "\(Self.pageSize)", PGArray.literal(unwritten.keys.map { "\($0)" })]
     ).rows.compactMap { row in
       guard let id = row[0].flatMap({ Int64($0) }) else { return nil }
       return OutboxEntry(
@@ -289,7 +308,14 @@ final class OutboxDeliverer: @unchecked Sendable {
       guard var scheduler = schedulers[name] else { continue }
       let free = endpoint.maxInFlight - scheduler.inFlight
       guard free > 0 else { continue }
-      taken += scheduler.take(limit: free, now: now).map { Flight(endpoint: name, entry: $0) }
+      for entry in scheduler.take(limit: free, now: now) {
+        if unwritten[entry.id] != nil {
+          // A retry whose outcome is not written yet: it keeps its place, and waits.
+          scheduler.finished(entry.id, attempts: entry.attempts, retryAt: now + 1000, now: now)
+        } else {
+          taken.append(Flight(endpoint: name, entry: entry))
+        }
+      }
       schedulers[name] = scheduler
     }
     guard !taken.isEmpty else { return }
@@ -373,11 +399,16 @@ final class OutboxDeliverer: @unchecked Sendable {
     switch decision {
     case .delivered:
       result = "delivered"
-      outcomes.append(Outcome(id: id, status: "delivered", attempts: attempts, lastStatus: status, lastError: nil))
+      outcomes.append(
+        Outcome(
+          id: id, endpoint: flight.endpoint, status: "delivered", attempts: attempts, lastStatus: status, lastError: nil
+        ))
       schedulers[flight.endpoint]?.finished(id, attempts: attempts, retryAt: nil, now: now)
     case .dead:
       result = "dead"
-      outcomes.append(Outcome(id: id, status: "dead", attempts: attempts, lastStatus: status, lastError: error))
+      outcomes.append(
+        Outcome(
+          id: id, endpoint: flight.endpoint, status: "dead", attempts: attempts, lastStatus: status, lastError: error))
       schedulers[flight.endpoint]?.finished(id, attempts: attempts, retryAt: nil, now: now)
       logger.warning(
         "delivery dead",
@@ -389,7 +420,9 @@ final class OutboxDeliverer: @unchecked Sendable {
       result = "retried"
       let at = now + Int64(after)
       outcomes.append(
-        Outcome(id: id, status: "pending", attempts: attempts, lastStatus: status, lastError: error, nextAttemptAt: at))
+        Outcome(
+          id: id, endpoint: flight.endpoint, status: "pending", attempts: attempts, lastStatus: status,
+          lastError: error, nextAttemptAt: at))
       schedulers[flight.endpoint]?.finished(id, attempts: attempts, retryAt: at, now: now)
       logger.debug(
         "delivery failed, will retry",
@@ -401,26 +434,73 @@ final class OutboxDeliverer: @unchecked Sendable {
     metrics.deliveryFinished(endpoint: flight.endpoint, result: result, seconds: seconds)
   }
 
-  /// Writes the outcomes gathered so far, in one statement.
-  private func writeOutcomes(_ sql: PGConnection) throws {
-    guard !outcomes.isEmpty else { return }
-    let batch = outcomes
+  /// Writes the outcomes gathered so far, and each second those kept
+  /// unwritten, in one statement that skips rows locked elsewhere (an
+  /// operator's `SELECT ... FOR UPDATE`): waiting for one would stall every
+  /// delivery, and its lock timeout would reset the session. A skipped
+  /// row's outcome is kept for the next try.
+  private func writeOutcomes(_ sql: PGConnection, now: Int64) throws {
+    var batch = outcomes
     outcomes.removeAll()
-    try sql.query(
-      """
-      UPDATE sluice.outbox o SET status = w.status, attempts = w.attempts, last_status = w.last_status,
-        last_error = w.last_error,
-        next_attempt_at = coalesce(to_timestamp(w.next_ms / 1000.0), o.next_attempt_at),
-        delivered_at = CASE WHEN w.status = 'delivered' THEN now() END
-      FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[])
-        AS w(id, status, attempts, last_status, last_error, next_ms)
-      WHERE o.id = w.id AND o.status = 'pending'
-      """,
-      [
-        PGArray.literal(batch.map { "\($0.id)" }), PGArray.literal(batch.map(\.status)),
-        PGArray.literal(batch.map { "\($0.attempts)" }), PGArray.literal(batch.map { $0.lastStatus.map { "\($0)" } }),
-        PGArray.literal(batch.map(\.lastError)), PGArray.literal(batch.map { $0.nextAttemptAt.map { "\($0)" } }),
-      ])
+    let retrying = !unwritten.isEmpty && now >= nextUnwrittenWrite
+    if retrying {
+      let fresh = Set(batch.map(\.id))
+      batch += unwritten.values.map(\.outcome).filter { !fresh.contains($0.id) }
+      nextUnwrittenWrite = now + 1000
+    }
+    guard !batch.isEmpty else { return }
+    let skipped = Set(
+      try sql.query(
+        """
+        WITH w AS (
+          SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[])
+            AS w(id, status, attempts, last_status, last_error, next_ms)
+        ), free AS MATERIALIZED (
+          SELECT id FROM sluice.outbox WHERE id = ANY($1::bigint[]) AND status = 'pending' FOR UPDATE SKIP LOCKED
+        ), written AS (
+          UPDATE sluice.outbox o SET status = w.status, attempts = w.attempts, last_status = w.last_status,
+            last_error = w.last_error,
+            next_attempt_at = coalesce(to_timestamp(w.next_ms / 1000.0), o.next_attempt_at),
+            delivered_at = CASE WHEN w.status = 'delivered' THEN now() END
+          FROM w WHERE o.id = w.id AND o.id IN (SELECT id FROM free)
+          RETURNING o.id
+        )
+        SELECT id FROM sluice.outbox
+        WHERE id = ANY($1::bigint[]) AND status = 'pending' AND id NOT IN (SELECT id FROM written)
+        """,
+        [
+          PGArray.literal(batch.map { "\($0.id)" }), PGArray.literal(batch.map(\.status)),
+          PGArray.literal(batch.map { "\($0.attempts)" }), PGArray.literal(batch.map { $0.lastStatus.map { "\($0)" } }),
+          PGArray.literal(batch.map(\.lastError)), PGArray.literal(batch.map { $0.nextAttemptAt.map { "\($0)" } }),
+        ]
+      ).rows.compactMap { $0[0].flatMap { Int64($0) } })
+    // Written, or no longer pending (discarded, retried or delivered by someone else): done.
+    var kept = retrying ? [:] : unwritten
+    var newly = 0
+    for outcome in batch where skipped.contains(outcome.id) {
+      let since = unwritten[outcome.id]?.since
+      if since == nil { newly += 1 }
+      kept[outcome.id] = (outcome, since ?? now)
+    }
+    if newly > 0 {
+      logger.warning(
+        "delivery outcomes not written: their rows are locked by another session; tried again each second",
+        metadata: ["count": "\(newly)"])
+    }
+    var dropped: [Outcome] = []
+    if retrying { dropped = kept.values.filter { now - $0.since >= Self.unwrittenMilliseconds }.map(\.outcome) }
+    if kept.count - dropped.count > Self.window {
+      let oldest = kept.values.sorted { ($0.since, $0.outcome.id) < ($1.since, $1.outcome.id) }.map(\.outcome)
+      dropped = Array(oldest.prefix(kept.count - Self.window))
+    }
+    for outcome in dropped {
+      // Read again as the table has it: sent again under the same key.
+      logger.warning(
+        "delivery outcome dropped: its row stayed locked by another session; it is sent again",
+        metadata: ["endpoint": "\(outcome.endpoint)", "outbox_id": "\(outcome.id)"])
+      kept[outcome.id] = nil
+    }
+    unwritten = kept
   }
 
   /// Pending and dead deliveries, and the oldest pending one's age, for /metrics.
