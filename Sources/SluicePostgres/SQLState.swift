@@ -22,6 +22,8 @@ public struct SQLState: RawRepresentable, Hashable, Sendable, CustomStringConver
   /// A prepared statement's plan no longer fits its table (after ALTER TABLE).
   public static let featureNotSupported = SQLState("0A000")
   public static let foreignKeyViolation = SQLState("23503")
+  /// A lock wait passed `lock_timeout`.
+  public static let lockNotAvailable = SQLState("55P03")
 
   /// Class 22 (data exception: a value that no longer casts, say).
   public var isDataException: Bool { rawValue.hasPrefix("22") }

@@ -449,31 +449,42 @@ final class OutboxDeliverer: @unchecked Sendable {
       nextUnwrittenWrite = now + 1000
     }
     guard !batch.isEmpty else { return }
-    let skipped = Set(
-      try sql.query(
-        """
-        WITH w AS (
-          SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[])
-            AS w(id, status, attempts, last_status, last_error, next_ms)
-        ), free AS MATERIALIZED (
-          SELECT id FROM sluice.outbox WHERE id = ANY($1::bigint[]) AND status = 'pending' FOR UPDATE SKIP LOCKED
-        ), written AS (
-          UPDATE sluice.outbox o SET status = w.status, attempts = w.attempts, last_status = w.last_status,
-            last_error = w.last_error,
-            next_attempt_at = coalesce(to_timestamp(w.next_ms / 1000.0), o.next_attempt_at),
-            delivered_at = CASE WHEN w.status = 'delivered' THEN now() END
-          FROM w WHERE o.id = w.id AND o.id IN (SELECT id FROM free)
-          RETURNING o.id
-        )
-        SELECT id FROM sluice.outbox
-        WHERE id = ANY($1::bigint[]) AND status = 'pending' AND id NOT IN (SELECT id FROM written)
-        """,
-        [
-          PGArray.literal(batch.map { "\($0.id)" }), PGArray.literal(batch.map(\.status)),
-          PGArray.literal(batch.map { "\($0.attempts)" }), PGArray.literal(batch.map { $0.lastStatus.map { "\($0)" } }),
-          PGArray.literal(batch.map(\.lastError)), PGArray.literal(batch.map { $0.nextAttemptAt.map { "\($0)" } }),
-        ]
-      ).rows.compactMap { $0[0].flatMap { Int64($0) } })
+    let parameters = [
+      PGArray.literal(batch.map { "\($0.id)" }), PGArray.literal(batch.map(\.status)),
+      PGArray.literal(batch.map { "\($0.attempts)" }), PGArray.literal(batch.map { $0.lastStatus.map { "\($0)" } }),
+      PGArray.literal(batch.map(\.lastError)), PGArray.literal(batch.map { $0.nextAttemptAt.map { "\($0)" } }),
+    ]
+    let values = """
+      SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::bigint[])
+        AS w(id, status, attempts, last_status, last_error, next_ms)
+      """
+    let update = """
+      UPDATE sluice.outbox o SET status = w.status, attempts = w.attempts, last_status = w.last_status,
+        last_error = w.last_error,
+        next_attempt_at = coalesce(to_timestamp(w.next_ms / 1000.0), o.next_attempt_at),
+        delivered_at = CASE WHEN w.status = 'delivered' THEN now() END
+      """
+    var skipped: Set<Int64> = []
+    do {
+      // Usually no row is locked elsewhere: one plain UPDATE, waiting 100 ms at most.
+      try sql.simpleQuery("SET lock_timeout = '100ms'")
+      defer { _ = try? sql.simpleQuery("SET lock_timeout = '5s'") }
+      try sql.query("\(update) FROM (\(values)) w WHERE o.id = w.id AND o.status = 'pending'", parameters)
+    } catch let error as PostgresError where error.sqlState == .lockNotAvailable {
+      // Some row is: update the others, and say which are still pending, unwritten.
+      skipped = Set(
+        try sql.query(
+          """
+          WITH w AS (\(values)), free AS MATERIALIZED (
+            SELECT id FROM sluice.outbox WHERE id = ANY($1::bigint[]) AND status = 'pending' FOR UPDATE SKIP LOCKED
+          ), written AS (
+            \(update) FROM w WHERE o.id = w.id AND o.id IN (SELECT id FROM free) RETURNING o.id
+          )
+          SELECT id FROM sluice.outbox
+          WHERE id = ANY($1::bigint[]) AND status = 'pending' AND id NOT IN (SELECT id FROM written)
+          """, parameters
+        ).rows.compactMap { $0[0].flatMap { Int64($0) } })
+    }
     // Written, or no longer pending (discarded, retried or delivered by someone else): done.
     var kept = retrying ? [:] : unwritten
     var newly = 0
