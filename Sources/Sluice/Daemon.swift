@@ -1,7 +1,7 @@
 import Foundation
 public import Logging
 public import SluiceCore
-public import SluicePostgres
+import SluicePostgres
 import Synchronization
 
 /// `sluice run`: connect, take the slot, backfill if the slot is new, then

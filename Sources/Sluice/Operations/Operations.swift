@@ -1,7 +1,7 @@
 import Foundation
 public import Logging
 public import SluiceCore
-public import SluicePostgres
+import SluicePostgres
 
 /// One-shot operations behind `sluice dlq …`, `sluice backfill` and `sluice migrate`.
 public struct Operations {
