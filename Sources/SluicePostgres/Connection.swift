@@ -1,6 +1,6 @@
-public import CLibPQ
+import CLibPQ
 import Glibc
-public import SluiceCore
+import SluiceCore
 
 /// A failure reported by libpq or the server, with the SQLSTATE when there is one.
 public struct PostgresError: Error, CustomStringConvertible, Sendable {

@@ -1,4 +1,4 @@
-public import CLibPQ
+import CLibPQ
 import Glibc
 public import SluiceCore
 

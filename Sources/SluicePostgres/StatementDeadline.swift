@@ -1,4 +1,4 @@
-public import CLibPQ
+import CLibPQ
 import Foundation
 
 /// Cancels whatever a connection is running once a deadline passes: the

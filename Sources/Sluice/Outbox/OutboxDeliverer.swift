@@ -146,7 +146,8 @@ final class OutboxDeliverer: @unchecked Sendable {
     }
     // A lock held by someone else on outbox rows must not stall the deliverer (nor a stop) for long.
     try sql.simpleQuery(
-      "SET synchronous_commit = off; SET lock_timeout = '5s'; SET statement_timeout = '60s'; LISTEN \(Self.channel)")
+      "SET synchronous_commit = off; SET lock_timeout = '\(Self.lockTimeout)'; SET statement_timeout = '60s'; LISTEN \(Self.channel)"
+    )
     var waiting = false
     while try sql.query("SELECT pg_try_advisory_lock(hashtext('sluice.outbox'))").scalar != "t" {
       if !waiting {
@@ -434,11 +435,14 @@ final class OutboxDeliverer: @unchecked Sendable {
     metrics.deliveryFinished(endpoint: flight.endpoint, result: result, seconds: seconds)
   }
 
+  /// The session's lock timeout: a lock held elsewhere must not stall deliveries for long.
+  static let lockTimeout = "5s"
+
   /// Writes the outcomes gathered so far, and each second those kept
-  /// unwritten, in one statement that skips rows locked elsewhere (an
-  /// operator's `SELECT ... FOR UPDATE`): waiting for one would stall every
-  /// delivery, and its lock timeout would reset the session. A skipped
-  /// row's outcome is kept for the next try.
+  /// unwritten, skipping rows locked elsewhere (an operator's `SELECT ...
+  /// FOR UPDATE`): waiting for one would stall every delivery, and its lock
+  /// timeout would reset the session. A skipped row's outcome is kept for
+  /// the next try.
   private func writeOutcomes(_ sql: PGConnection, now: Int64) throws {
     var batch = outcomes
     outcomes.removeAll()
@@ -465,10 +469,10 @@ final class OutboxDeliverer: @unchecked Sendable {
         delivered_at = CASE WHEN w.status = 'delivered' THEN now() END
       """
     var skipped: Set<Int64> = []
+    // Usually no row is locked elsewhere: one plain UPDATE, waiting 100 ms at most.
+    // (Any other error ends the session; the next one starts with `lockTimeout` again.)
+    try sql.simpleQuery("SET lock_timeout = '100ms'")
     do {
-      // Usually no row is locked elsewhere: one plain UPDATE, waiting 100 ms at most.
-      try sql.simpleQuery("SET lock_timeout = '100ms'")
-      defer { _ = try? sql.simpleQuery("SET lock_timeout = '5s'") }
       try sql.query("\(update) FROM (\(values)) w WHERE o.id = w.id AND o.status = 'pending'", parameters)
     } catch let error as PostgresError where error.sqlState == .lockNotAvailable {
       // Some row is: update the others, and say which are still pending, unwritten.
@@ -485,6 +489,7 @@ final class OutboxDeliverer: @unchecked Sendable {
           """, parameters
         ).rows.compactMap { $0[0].flatMap { Int64($0) } })
     }
+    try sql.simpleQuery("SET lock_timeout = '\(Self.lockTimeout)'")
     // Written, or no longer pending (discarded, retried or delivered by someone else): done.
     var kept = retrying ? [:] : unwritten
     var newly = 0

@@ -134,20 +134,11 @@ public enum ValueDecoder {
     result.reserveCapacity((text.count - 2) / 2)
     var index = text.startIndex + 2
     while index < text.endIndex {
-      guard let high = hexDigit(text[index]), let low = hexDigit(text[index + 1]) else { return nil }
+      guard let high = Hex.digit(text[index]), let low = Hex.digit(text[index + 1]) else { return nil }
       result.append(high << 4 | low)
       index += 2
     }
     return result
-  }
-
-  private static func hexDigit(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-    default: nil
-    }
   }
 }
 

@@ -120,7 +120,7 @@ public enum URLRedaction {
     var index = 0
     while index < bytes.count {
       if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count,
-        let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2])
+        let high = Hex.digit(bytes[index + 1]), let low = Hex.digit(bytes[index + 2])
       {
         decoded.append(high << 4 | low)
         index += 3
@@ -131,15 +131,6 @@ public enum URLRedaction {
     }
     guard decoded != bytes, let string = String(validating: decoded, as: UTF8.self) else { return nil }
     return string
-  }
-
-  private static func hexValue(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-    default: nil
-    }
   }
 
   private static func lowercased(_ byte: UInt8) -> UInt8 {

@@ -1,0 +1,12 @@
+/// Hexadecimal digits, for bytea's hex output, JSON's `\u` escapes and URL percent-escapes.
+enum Hex {
+  /// The value of one hex digit (either case), or nil.
+  static func digit(_ byte: UInt8) -> UInt8? {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+    default: nil
+    }
+  }
+}
