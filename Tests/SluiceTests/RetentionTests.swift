@@ -211,6 +211,65 @@ import Testing
     #expect(daemon.waitForExit() == 0)
   }
 
+  /// Hostile rows through retention's own paths: ids that look alike
+  /// (`josé` composed and decomposed) are two events and each goes by
+  /// itself, on a source whose ids are not unique too; a row whose id a
+  /// client rewrote after insert is no longer the event's row and stays;
+  /// and a pass whose backend is terminated mid-delete leaves nothing
+  /// half-done: the next pass deletes exactly the rest.
+  @Test func lookAlikeIdsRewrittenRowsAndAKilledPass() throws {
+    let db = try TestDatabase("retention_hostile_rows")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      CREATE TABLE xp.loose (id text, user_id text, type text, payload jsonb NOT NULL DEFAULT '{}');
+      ALTER TABLE xp.loose REPLICA IDENTITY FULL;
+      SELECT sluice.add_source('xp.loose', actor_column => 'user_id', event_type_column => 'type', retain => '0 s');
+      UPDATE sluice.sources SET retain = '0 s' WHERE relation = 'xp.actions';
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0"])
+    let composed = "jos\u{E9}"
+    let decomposed = "jose\u{301}"
+    try db.sql(
+      "INSERT INTO xp.loose VALUES ($1, 'ann', 'award', '{\"xp\": 1}'), ($2, 'ann', 'award', '{\"xp\": 1}')",
+      [composed, decomposed])
+    try db.sql(
+      "INSERT INTO xp.actions (id, user_id, type, payload) VALUES ($1, 'ann', 'award', '{\"xp\": 1}'), ($2, 'ann', 'award', '{\"xp\": 1}')",
+      [composed, decomposed])
+    try XPFixture.insert(db, [("moved", "ann", "award", 1, nil), ("last", "ann", "award", 1, nil)])
+    #expect(try eventually(20) { try XPFixture.ledgerCount(db) == 6 })
+    try Self.caughtUp(db)
+    // A client rewrites a processed row's id: it is not the event's row any more.
+    try db.sql("UPDATE xp.actions SET id = 'elsewhere' WHERE id = 'moved'")
+
+    // The pass's backend is terminated while it waits on a lock in its delete.
+    let holder = try PGConnection(conninfo: db.url)
+    defer { holder.close() }
+    try holder.simpleQuery("BEGIN; SELECT * FROM xp.actions WHERE id = 'last' FOR UPDATE")
+    let killed = try sluice(db, ["compact"])
+    #expect(
+      try eventually(10, "compact to wait on the lock") {
+        try db.scalar(
+          """
+          SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE application_name = 'sluice-compact' AND wait_event_type = 'Lock'
+          """) == "1"
+      })
+    #expect(killed.waitForExit(seconds: 20) != 0)
+    try holder.simpleQuery("COMMIT")
+
+    let (status, output, error) = try runCommand(db, ["compact"])
+    #expect(status == 0, "\(error)")
+    #expect(output.split(separator: "\n").sorted() == ["xp.actions: deleted 3 rows", "xp.loose: deleted 2 rows"])
+    #expect(try Self.rows(db) == ["elsewhere"])
+    #expect(try db.scalar("SELECT count(*) FROM xp.loose") == "0")
+    #expect(try XPFixture.ledgerCount(db) == 6)
+    #expect(try XPFixture.totals(db) == ["ann": 6])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
   @Test func rowsBeyondTheSlotsConfirmedPositionStay() throws {
     let db = try TestDatabase("retention_slot")
     try XPFixture.install(db)
