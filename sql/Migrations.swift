@@ -25,5 +25,8 @@ public enum SchemaMigrations {
     Migration(
       version: 6, name: "006_outbox_body_limit",
       sql: String(decoding: PackageResources._06_outbox_body_limit_sql, as: UTF8.self)),
+    Migration(
+      version: 7, name: "007_ledger_partitions",
+      sql: String(decoding: PackageResources._07_ledger_partitions_sql, as: UTF8.self)),
   ]
 }

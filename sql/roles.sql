@@ -27,6 +27,8 @@ GRANT SELECT ON sluice.sources, sluice.permission_rules, sluice.actor_roles, slu
                 sluice.schema_migrations TO sluice_daemon;
 -- The ledger and the daemon's own state.
 GRANT SELECT, INSERT, UPDATE ON sluice.event_log, sluice.stream_state TO sluice_daemon;
+-- The ledger's partitions: their filters (sealing itself is sluice.ledger_seal, run as the owner).
+GRANT SELECT, UPDATE ON sluice.ledger_partitions TO sluice_daemon;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.policy_mirror, sluice.attempts, sluice.pending_backfills TO sluice_daemon;
 GRANT EXECUTE ON FUNCTION sluice.reject(text) TO sluice_daemon;
 -- Webhooks (SPEC section 9): read the endpoints, queue and send deliveries.

@@ -172,7 +172,8 @@ public final class Daemon: @unchecked Sendable {
       // it resumes from, whoever streamed in between.
       let (policy, position) = try PolicyStore.loadFromMirror(sql, slot: slot)
       start = max(confirmed, slotRow[0].flatMap { LSN($0) } ?? .zero)
-      processor = makeProcessor(sql, StreamPlanner(policy: policy, catalog: registry.catalog, mirrorPosition: position))
+      processor = try makeProcessor(
+        sql, StreamPlanner(policy: policy, catalog: registry.catalog, mirrorPosition: position))
       processor.ledgerHighWater = try sql.query(
         "SELECT ledger_high_water::text FROM sluice.stream_state WHERE slot = $1", [slot]
       ).scalar.flatMap { LSN($0) }
@@ -330,7 +331,7 @@ public final class Daemon: @unchecked Sendable {
   /// (and the most one batch takes): memory stays bounded with large rows too.
   static let queueBytes = 8 << 20
 
-  private func makeProcessor(_ connection: PGConnection, _ planner: StreamPlanner) -> BatchProcessor {
+  private func makeProcessor(_ connection: PGConnection, _ planner: StreamPlanner) throws -> BatchProcessor {
     let beat = beat
     let processor = BatchProcessor(
       connection: connection, registry: registry, planner: planner, maxAttempts: configuration.maxAttempts,
@@ -339,7 +340,21 @@ public final class Daemon: @unchecked Sendable {
     processor.metrics = metrics
     processor.heartbeat = { beat.progressed(nil) }
     processor.stop = stop
+    processor.sealed = try LedgerPartitions.prepare(on: connection, logger: logger)
+    processor.hotEvents = try LedgerPartitions.hotCount(on: connection)
     return processor
+  }
+
+  /// Seals the hot ledger partition once it holds `SLUICE_LEDGER_PARTITION_EVENTS`
+  /// events (counted by the processor; the seal counts again) and opens the next.
+  private func sealLedgerIfFull(_ processor: BatchProcessor) throws {
+    guard processor.hotEvents >= configuration.ledgerPartitionEvents else { return }
+    if try LedgerPartitions.sealIfFull(configuration.ledgerPartitionEvents, on: processor.connection, logger: logger)
+      != nil
+    {
+      processor.sealed = try LedgerPartitions.load(on: processor.connection)
+    }
+    processor.hotEvents = try LedgerPartitions.hotCount(on: processor.connection)
   }
 
   /// Only one daemon streams a slot: the others wait here for its advisory lock.
@@ -375,7 +390,7 @@ public final class Daemon: @unchecked Sendable {
     try reader.simpleQuery("SET TRANSACTION SNAPSHOT \(PGConnection.quoteLiteral(snapshot))")
     let initial = try PolicyStore.loadFromTables(reader)
     try PolicyStore.copyTablesToMirror(reader, slot: configuration.slot)
-    let processor = makeProcessor(sql, StreamPlanner(policy: initial, catalog: registry.catalog))
+    let processor = try makeProcessor(sql, StreamPlanner(policy: initial, catalog: registry.catalog))
     var total = 0
     for source in initial.sources.values.sorted(by: { $0.relation < $1.relation }) {
       total += try Backfill.run(
@@ -456,6 +471,10 @@ public final class Daemon: @unchecked Sendable {
       let started = ContinuousClock.now
       do {
         acknowledge(try processor.process(items))
+        if processor.hotEvents >= configuration.ledgerPartitionEvents {
+          acknowledge(try processor.settle())
+          try sealLedgerIfFull(processor)
+        }
         if processor.registeredSources || waitingBackfill != nil {
           acknowledge(try processor.settle())
           try advanceBackfills(processor, confirmed: ack.confirmed)

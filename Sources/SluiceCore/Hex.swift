@@ -1,5 +1,5 @@
 /// Hexadecimal digits, for bytea's hex output, JSON's `\u` escapes and URL percent-escapes.
-enum Hex {
+public enum Hex {
   /// The value of one hex digit (either case), or nil.
   static func digit(_ byte: UInt8) -> UInt8? {
     switch byte {
@@ -8,5 +8,32 @@ enum Hex {
     case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
     default: nil
     }
+  }
+
+  /// Lower-case hex of the bytes (`encode(x, 'hex')` in SQL).
+  public static func encode(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out = [UInt8]()
+    out.reserveCapacity(bytes.count * 2)
+    for byte in bytes {
+      out.append(digits[Int(byte >> 4)])
+      out.append(digits[Int(byte & 15)])
+    }
+    return String(decoding: out, as: UTF8.self)
+  }
+
+  /// The bytes of a hex string (either case), or nil if it is not one.
+  public static func decode(_ text: String) -> [UInt8]? {
+    let utf8 = Array(text.utf8)
+    guard utf8.count % 2 == 0 else { return nil }
+    var out = [UInt8]()
+    out.reserveCapacity(utf8.count / 2)
+    var index = 0
+    while index < utf8.count {
+      guard let high = digit(utf8[index]), let low = digit(utf8[index + 1]) else { return nil }
+      out.append(high << 4 | low)
+      index += 2
+    }
+    return out
   }
 }

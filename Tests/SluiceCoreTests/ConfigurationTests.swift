@@ -19,6 +19,7 @@ import Testing
     #expect(config.outboxMaxAttempts == 10)
     #expect(config.outboxBackoffMilliseconds == 1000)
     #expect(config.retentionIntervalSeconds == 60)
+    #expect(config.ledgerPartitionEvents == 1_000_000)
   }
 
   @Test func readsEveryVariable() throws {
@@ -28,7 +29,9 @@ import Testing
         "SLUICE_MAX_ATTEMPTS": "3", "SLUICE_METRICS_ADDR": "off", "SLUICE_LOG_LEVEL": "DEBUG",
         "SLUICE_LOG_FORMAT": "json", "SLUICE_HANDLER_TIMEOUT_MS": "1500", "SLUICE_OUTBOX_MAX_ATTEMPTS": "4",
         "SLUICE_OUTBOX_BACKOFF_MS": "250", "SLUICE_RETENTION_INTERVAL_S": "0",
+        "SLUICE_LEDGER_PARTITION_EVENTS": "5000",
       ]) { $1 })
+    #expect(config.ledgerPartitionEvents == 5000)
     #expect(config.outboxMaxAttempts == 4)
     #expect(config.outboxBackoffMilliseconds == 250)
     #expect(config.retentionIntervalSeconds == 0)
@@ -56,6 +59,7 @@ import Testing
     ("SLUICE_LOG_LEVEL", "loud"), ("SLUICE_LOG_FORMAT", "xml"),
     ("SLUICE_OUTBOX_MAX_ATTEMPTS", "0"), ("SLUICE_OUTBOX_BACKOFF_MS", "0"), ("SLUICE_OUTBOX_BACKOFF_MS", "1s"),
     ("SLUICE_RETENTION_INTERVAL_S", "-1"), ("SLUICE_RETENTION_INTERVAL_S", "1m"),
+    ("SLUICE_LEDGER_PARTITION_EVENTS", "99"), ("SLUICE_LEDGER_PARTITION_EVENTS", "1e6"),
   ])
   func malformedVariableIsNamed(_ variable: String, _ value: String) {
     var environment = url

@@ -190,6 +190,7 @@ public struct Operations {
       connection: connection, registry: registry, planner: StreamPlanner(policy: policy, catalog: registry.catalog),
       maxAttempts: configuration.maxAttempts, handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds,
       slot: configuration.slot, logger: logger)
+    processor.sealed = try LedgerPartitions.load(on: connection)
     try reader.simpleQuery("BEGIN")
     defer { _ = try? reader.simpleQuery("COMMIT") }
     let rows = try Backfill.run(

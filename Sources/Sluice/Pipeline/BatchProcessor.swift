@@ -31,6 +31,13 @@ public final class BatchProcessor {
   /// cannot be replays and are not looked up. Not advanced during the
   /// session: the stream does not repeat itself within one.
   var ledgerHighWater: LSN?
+  /// The ledger's sealed partitions, as far as this process knows them
+  /// (`LedgerPartitions`): events they cannot hold are looked up only in
+  /// the hot partition, or not at all above the high water.
+  var sealed: SealedLedger = .unknown
+  /// Events in the hot ledger partition: counted when the session starts,
+  /// then raised by every batch that commits (the daemon seals it when full).
+  var hotEvents = 0
   /// How many of the next events run alone: after the daemon or its session
   /// died mid-batch, the event that did it is among them (the batch sizes
   /// are the same, and every event before that batch has its ledger row).
@@ -259,12 +266,14 @@ public final class BatchProcessor {
     let looking = ContinuousClock.now
     let settledBefore = settling
     // Lookups read the ledger: the batch sent before must be final first.
-    let replaySuspects = plan.replaySuspects(window)
+    let sealed = self.sealed
+    let replaySuspects = plan.replaySuspects(window, orIf: sealed.mayHold)
     if !replaySuspects.isEmpty { try settleUnread() }
-    let seen = try Ledger.seen(replaySuspects, on: connection)
+    let everywhere = window == .all
+    let seen = try Ledger.seen(replaySuspects, sealed: sealed, everywhere: everywhere, on: connection)
     let ownerSuspects = plan.ownerSuspects(seen: seen)
     if !ownerSuspects.isEmpty { try settleUnread() }
-    let owners = try Ledger.owners(ownerSuspects, on: connection)
+    let owners = try Ledger.owners(ownerSuspects, sealed: sealed, everywhere: everywhere, on: connection)
     let units = plan.units(seen: seen, owners: owners)
     let applying = ContinuousClock.now
     // Reading the batch sent before is waiting (`commitWait`), not planning.
@@ -442,6 +451,7 @@ public final class BatchProcessor {
 
   private func record(_ entries: [LedgerEntry], since started: ContinuousClock.Instant) {
     guard !entries.isEmpty else { return }
+    hotEvents += entries.count
     for entry in entries { counts[entry.status, default: 0] += 1 }
     metrics?.recordBatch(entries, seconds: started.duration(to: .now).inSeconds, now: Clock.postgresNow())
   }

@@ -14,44 +14,60 @@ struct Statement {
 /// policy mirror and the attempts journal: every statement the apply path
 /// writes besides the handlers' own.
 enum Ledger {
-  /// Which of these events the ledger already has (replays, skipped silently).
-  static func seen(_ events: [Event], on connection: PGConnection) throws -> Set<LedgerKey> {
-    guard !events.isEmpty else { return [] }
-    let result = try connection.query(
-      """
-      SELECT k.i FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY AS k(source, event_id, synthetic, i)
-      JOIN sluice.event_log l
-        ON l.source = k.source AND l.event_id = \(ledgerID("k.event_id", "k.synthetic"))
-      """,
-      [
-        PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id)),
-        PGArray.literal(events.map(flag)),
-      ])
-    return Set(result.rows.compactMap { $0[0].flatMap { Int($0) }.map { LedgerKey(events[$0 - 1]) } })
+  /// Which of these events the ledger already has (replays, skipped
+  /// silently). Each is probed in the hot partition, and in sealed ones only
+  /// where `sealed`'s filters say it may be there (or `everywhere`).
+  static func seen(
+    _ events: [Event], sealed: SealedLedger, everywhere: Bool = false, on connection: PGConnection
+  ) throws -> Set<LedgerKey> {
+    var found = Set<LedgerKey>()
+    for (part, group) in split(events, everywhere ? nil : sealed.hotPart, where: { everywhere || sealed.mayHold($0) }) {
+      let result = try connection.query(
+        "SELECT * FROM sluice.ledger_seen($1::text[], $2::text[], $3::bool[], $4::int)",
+        [
+          PGArray.literal(group.map(\.source)), PGArray.literal(group.map(\.id)), PGArray.literal(group.map(flag)),
+          part.map(String.init),
+        ])
+      for row in result.rows { if let i = row[0].flatMap({ Int($0) }) { found.insert(LedgerKey(group[i - 1])) } }
+    }
+    return found
   }
 
-  /// Which of these (type, actor, dedupe key) an earlier allowed event owns, and its `source/id`.
-  static func owners(_ events: [Event], on connection: PGConnection) throws -> [DedupeKey: String] {
-    guard !events.isEmpty else { return [:] }
-    let result = try connection.query(
-      """
-      SELECT k.i, l.source || '/' || l.event_id
-      FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(event_type, actor, dedupe_key, i)
-      JOIN sluice.event_log l
-        ON sluice.dedupe_digest(l.event_type, l.actor, l.dedupe_key) = sluice.dedupe_digest(k.event_type, k.actor, k.dedupe_key)
-       AND l.dedupe_key IS NOT NULL AND l.status IN ('applied', 'rejected', 'dead')
-      """,
-      [
-        PGArray.literal(events.map(\.type)), PGArray.literal(events.map { $0.actor ?? "" }),
-        PGArray.literal(events.map(\.dedupeKey)),
-      ])
+  /// Which of these (type, actor, dedupe key) an earlier allowed event owns,
+  /// and its `source/id`; sealed partitions asked as in `seen`.
+  static func owners(
+    _ events: [Event], sealed: SealedLedger, everywhere: Bool = false, on connection: PGConnection
+  ) throws -> [DedupeKey: String] {
     var owners: [DedupeKey: String] = [:]
-    for row in result.rows {
-      guard let index = row[0].flatMap({ Int($0) }) else { continue }
-      let event = events[index - 1]
-      owners[DedupeKey(type: event.type, actor: event.actor ?? "", key: event.dedupeKey ?? "")] = row[1] ?? ""
+    let mayOwn = { (event: Event) in
+      everywhere || sealed.mayOwn(type: event.type, actor: event.actor ?? "", key: event.dedupeKey ?? "")
+    }
+    for (part, group) in split(events, everywhere ? nil : sealed.hotPart, where: mayOwn) {
+      let result = try connection.query(
+        "SELECT * FROM sluice.ledger_owners($1::text[], $2::text[], $3::text[], $4::int)",
+        [
+          PGArray.literal(group.map(\.type)), PGArray.literal(group.map { $0.actor ?? "" }),
+          PGArray.literal(group.map(\.dedupeKey)), part.map(String.init),
+        ])
+      for row in result.rows {
+        guard let index = row[0].flatMap({ Int($0) }) else { continue }
+        let event = group[index - 1]
+        owners[DedupeKey(type: event.type, actor: event.actor ?? "", key: event.dedupeKey ?? "")] = row[1] ?? ""
+      }
     }
     return owners
+  }
+
+  /// The events to look up in every partition (part nil) and those to look
+  /// up only from the hot partition on; empty groups left out.
+  private static func split(_ events: [Event], _ hot: Int?, where everywhere: (Event) -> Bool) -> [(Int?, [Event])] {
+    guard let hot else { return events.isEmpty ? [] : [(nil, events)] }
+    var all: [Event] = []
+    var recent: [Event] = []
+    for event in events {
+      if everywhere(event) { all.append(event) } else { recent.append(event) }
+    }
+    return [(nil, all), (hot, recent)].filter { !$0.1.isEmpty }
   }
 
   /// All these ledger rows in one statement. Values over the limits are not
@@ -62,8 +78,8 @@ enum Ledger {
     Statement(
       sql: """
         INSERT INTO sluice.event_log
-          (source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
-        SELECT source, \(ledgerID("event_id", "synthetic")), event_type, actor,
+          (part, source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
+        SELECT (SELECT sluice.ledger_hot_part()), source, \(ledgerID("event_id", "synthetic")), event_type, actor,
                dedupe_key, status, reason, attempts, commit_lsn, committed_at, event
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                     $8::int[], $9::pg_lsn[], $10::timestamptz[], $11::jsonb[], $12::bool[])

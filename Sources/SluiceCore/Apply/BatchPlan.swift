@@ -176,10 +176,13 @@ public struct BatchPlan: Sendable {
   }
 
   /// Events that may be replays and must be looked up in the ledger. Rows
-  /// read outside the stream (no commit LSN) always are.
-  public func replaySuspects(_ window: ReplayWindow) -> [Event] {
+  /// read outside the stream (no commit LSN) always are, and so are those
+  /// for which `orIf` holds (a sealed ledger partition may have them: an
+  /// id seen long ago, its row deleted, inserted again).
+  public func replaySuspects(_ window: ReplayWindow, orIf mayBeOld: (Event) -> Bool = { _ in false }) -> [Event] {
     candidates.lazy.map(\.event).filter { event in
       guard let commit = event.commitLSN else { return true }
+      if mayBeOld(event) { return true }
       switch window {
       case .all: return true
       case .through(let highWater): return commit <= highWater

@@ -21,6 +21,9 @@ public struct Configuration: Sendable, Equatable {
   public var outboxBackoffMilliseconds: Int = 1000
   /// How often retention runs; 0 = never (SPEC section 10).
   public var retentionIntervalSeconds: Int = 60
+  /// Events per ledger partition: the hot one is sealed and a new one
+  /// opened when it holds this many (README "The ledger's storage").
+  public var ledgerPartitionEvents: Int = 1_000_000
   /// nil when metrics are `off`.
   public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9464)
   public var logLevel: LogLevel = .info
@@ -68,6 +71,9 @@ public struct Configuration: Sendable, Equatable {
     if let attempts = try integer("SLUICE_OUTBOX_MAX_ATTEMPTS", 1...1000) { outboxMaxAttempts = attempts }
     if let backoff = try integer("SLUICE_OUTBOX_BACKOFF_MS", 1...600_000) { outboxBackoffMilliseconds = backoff }
     if let interval = try integer("SLUICE_RETENTION_INTERVAL_S", 0...86_400) { retentionIntervalSeconds = interval }
+    if let events = try integer("SLUICE_LEDGER_PARTITION_EVENTS", 100...1_000_000_000) {
+      ledgerPartitionEvents = events
+    }
     if let address = try value("SLUICE_METRICS_ADDR") {
       if address == "off" {
         metricsAddress = nil

@@ -1,0 +1,158 @@
+/// A Bloom filter over byte strings: `mayContain` is false only for values
+/// never inserted, and true for about 1% of the others at 10 bits per value.
+/// The daemon keeps one per sealed ledger partition for its ids and one for
+/// its owned dedupe keys, so an event is looked up in sealed partitions only
+/// when one of them may hold it (README "The ledger's storage").
+///
+/// Stored form (`bytes`): "SLF1", the probe count (1 byte), the bit count
+/// (8 bytes, big-endian), then the bits. Hashes are FNV-1a 64 of the value
+/// with two seeds, finished by MurmurHash3's fmix64; probe i is h1 + i·h2.
+public struct LedgerFilter: Sendable, Equatable {
+  public private(set) var bitCount: UInt64
+  public private(set) var probes: Int
+  private var words: [UInt64]
+
+  static let magic: [UInt8] = Array("SLF1".utf8)
+
+  /// A filter sized for `expected` values at `bitsPerValue` bits each.
+  public init(expected: Int, bitsPerValue: Int = 10) {
+    let bits = UInt64(max(64, max(expected, 1) * bitsPerValue))
+    bitCount = (bits + 63) / 64 * 64
+    // k = bits per value · ln 2, rounded: 7 at 10 bits.
+    probes = max(1, min(16, Int((Double(bitsPerValue) * 0.693).rounded())))
+    words = [UInt64](repeating: 0, count: Int(bitCount / 64))
+  }
+
+  public mutating func insert<Bytes: Sequence>(_ value: Bytes) where Bytes.Element == UInt8 {
+    var (h1, h2) = Self.hashes(value)
+    for _ in 0..<probes {
+      let bit = h1 % bitCount
+      words[Int(bit / 64)] |= 1 << (bit % 64)
+      h1 &+= h2
+    }
+  }
+
+  public func mayContain<Bytes: Sequence>(_ value: Bytes) -> Bool where Bytes.Element == UInt8 {
+    var (h1, h2) = Self.hashes(value)
+    for _ in 0..<probes {
+      let bit = h1 % bitCount
+      if words[Int(bit / 64)] & (1 << (bit % 64)) == 0 { return false }
+      h1 &+= h2
+    }
+    return true
+  }
+
+  public var bytes: [UInt8] {
+    var out = Self.magic
+    out.reserveCapacity(13 + words.count * 8)
+    out.append(UInt8(probes))
+    for shift in stride(from: 56, through: 0, by: -8) {
+      out.append(UInt8(truncatingIfNeeded: bitCount >> UInt64(shift)))
+    }
+    for word in words {
+      for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
+    }
+    return out
+  }
+
+  public struct Malformed: Error, CustomStringConvertible {
+    public var description: String
+  }
+
+  /// Reads the stored form; throws on anything else (a truncated or foreign value).
+  public init(bytes: [UInt8]) throws(DecodeError) {
+    var reader = ByteReader(bytes, context: "ledger filter")
+    guard try reader.readBytes(4, "magic") == Self.magic else { throw reader.error("magic", .invalid("not SLF1")) }
+    probes = Int(try reader.readUInt8("probes"))
+    bitCount = try reader.readUInt64("bit count")
+    guard (1...16).contains(probes), bitCount >= 64, bitCount % 64 == 0,
+      reader.remaining % 8 == 0, bitCount / 64 == UInt64(reader.remaining / 8)
+    else { throw reader.error("bits", .invalid("header does not match the length")) }
+    var words: [UInt64] = []
+    words.reserveCapacity(reader.remaining / 8)
+    while reader.remaining > 0 { words.append(try reader.readUInt64("bits")) }
+    self.words = words
+  }
+
+  static func hashes<Bytes: Sequence>(_ value: Bytes) -> (UInt64, UInt64) where Bytes.Element == UInt8 {
+    var a: UInt64 = 0xcbf2_9ce4_8422_2325
+    var b: UInt64 = 0x8422_2325_cbf2_9ce4
+    for byte in value {
+      a = (a ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+      b = (b ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+    }
+    return (fmix(a), fmix(b) | 1)
+  }
+
+  private static func fmix(_ value: UInt64) -> UInt64 {
+    var k = value
+    k ^= k >> 33
+    k &*= 0xff51_afd7_ed55_8ccd
+    k ^= k >> 33
+    k &*= 0xc4ce_b9fe_1a85_ec53
+    k ^= k >> 33
+    return k
+  }
+}
+
+/// The sealed partitions of the ledger as the daemon knows them: which
+/// events and dedupe keys they may hold. Complete only when every sealed
+/// partition has its filters; until then every question answers "maybe".
+public struct SealedLedger: Sendable {
+  /// The newest partition this process knows of; lookups cleared by the
+  /// filters probe it and any newer one.
+  public private(set) var hotPart: Int
+  public private(set) var complete: Bool
+  private var idFilters: [LedgerFilter]
+  private var keyFilters: [LedgerFilter]
+
+  public init(hotPart: Int, filters: [(ids: LedgerFilter, keys: LedgerFilter)?]) {
+    self.hotPart = hotPart
+    complete = filters.allSatisfy { $0 != nil }
+    idFilters = filters.compactMap { $0?.ids }
+    keyFilters = filters.compactMap { $0?.keys }
+  }
+
+  /// Knows nothing: every lookup goes to every partition.
+  public static let unknown = SealedLedger(hotPart: 0, filters: [nil])
+
+  /// The value a ledger id is filed under: source, NUL, id as stored.
+  public static func idValue(source: String, ledgerID: String) -> [UInt8] {
+    Array(source.utf8) + [0] + Array(ledgerID.utf8)
+  }
+
+  public static func keyValue(type: String, actor: String, key: String) -> [UInt8] {
+    Array(type.utf8) + [0] + Array(actor.utf8) + [0] + Array(key.utf8)
+  }
+
+  /// Whether a sealed partition may hold this event. Ids the ledger stores
+  /// as digests (over 1,024 bytes, or starting with `sha256:` / `sluice:`)
+  /// are always looked up: the filter holds their digests, not them.
+  public func mayHold(_ event: Event) -> Bool {
+    guard complete else { return true }
+    if idFilters.isEmpty { return false }
+    if !event.idIsSynthetic
+      && (event.id.utf8.count > EventLimits.maxFieldBytes || event.id.hasPrefix("sha256:")
+        || event.id.hasPrefix("sluice:"))
+    {
+      return true
+    }
+    let value = Self.idValue(source: event.source, ledgerID: event.id)
+    return idFilters.contains { $0.mayContain(value) }
+  }
+
+  /// Whether a sealed partition may hold an owner of this dedupe key.
+  public func mayOwn(type: String, actor: String, key: String) -> Bool {
+    guard complete else { return true }
+    if keyFilters.isEmpty { return false }
+    let value = Self.keyValue(type: type, actor: actor, key: key)
+    return keyFilters.contains { $0.mayContain(value) }
+  }
+
+  /// A partition was sealed and its filters built; `hot` takes inserts now.
+  public mutating func sealed(ids: LedgerFilter, keys: LedgerFilter, hot: Int) {
+    idFilters.append(ids)
+    keyFilters.append(keys)
+    hotPart = hot
+  }
+}

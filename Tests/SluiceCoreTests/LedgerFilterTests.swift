@@ -1,0 +1,70 @@
+import Testing
+
+@testable import SluiceCore
+
+@Suite struct LedgerFilterTests {
+  @Test func neverMissesAnInsertedValue() {
+    var filter = LedgerFilter(expected: 10_000)
+    for i in 0..<10_000 { filter.insert(Array("game.actions\0id-\(i)".utf8)) }
+    for i in 0..<10_000 { #expect(filter.mayContain(Array("game.actions\0id-\(i)".utf8))) }
+  }
+
+  @Test func falsePositivesStayNearOnePercentAtTenBitsPerValue() {
+    var filter = LedgerFilter(expected: 20_000)
+    for i in 0..<20_000 { filter.insert(Array("a\0\(i)".utf8)) }
+    let positives = (0..<100_000).filter { filter.mayContain(Array("b\0\($0)".utf8)) }.count
+    #expect(positives < 2_000, "\(positives) of 100,000 absent values looked present")
+  }
+
+  @Test func byteStringsAreComparedExactly() {
+    var filter = LedgerFilter(expected: 10)
+    filter.insert(Array("s\0jos\u{e9}".utf8))
+    #expect(filter.mayContain(Array("s\0jos\u{e9}".utf8)))
+    #expect(!filter.mayContain(Array("s\0jose\u{301}".utf8)), "composed and decomposed are different ids")
+  }
+
+  @Test func storedFormRoundTripsAndRejectsDamage() throws {
+    var filter = LedgerFilter(expected: 100)
+    for i in 0..<100 { filter.insert(Array("x\(i)".utf8)) }
+    let bytes = filter.bytes
+    #expect(try LedgerFilter(bytes: bytes) == filter)
+    #expect(throws: DecodeError.self) { try LedgerFilter(bytes: Array(bytes.dropLast())) }
+    #expect(throws: DecodeError.self) { try LedgerFilter(bytes: [UInt8]("SLF2".utf8) + bytes.dropFirst(4)) }
+    #expect(throws: DecodeError.self) { try LedgerFilter(bytes: []) }
+  }
+
+  private func event(_ id: String, source: String = "game.actions") -> Event {
+    Event(source: source, id: id, type: "award_xp", actor: "u1", row: Row([]))
+  }
+
+  @Test func sealedLedgerAsksSealedPartitionsOnlyWhenAFilterMayHoldTheEvent() {
+    var ids = LedgerFilter(expected: 10)
+    ids.insert(SealedLedger.idValue(source: "game.actions", ledgerID: "old"))
+    var keys = LedgerFilter(expected: 10)
+    keys.insert(SealedLedger.keyValue(type: "award_xp", actor: "u1", key: "k1"))
+    let sealed = SealedLedger(hotPart: 1, filters: [(ids, keys)])
+    #expect(sealed.mayHold(event("old")))
+    #expect(!sealed.mayHold(event("new")))
+    #expect(!sealed.mayHold(event("old", source: "shop.orders")), "the source is part of the key")
+    #expect(sealed.mayOwn(type: "award_xp", actor: "u1", key: "k1"))
+    #expect(!sealed.mayOwn(type: "award_xp", actor: "u2", key: "k1"))
+    // Ids the ledger stores as digests are always looked up.
+    #expect(sealed.mayHold(event("sha256:abc")))
+    #expect(sealed.mayHold(event("sluice:null-id@0/1")))
+    #expect(sealed.mayHold(event(String(repeating: "x", count: 1025))))
+  }
+
+  @Test func aSealedPartitionWithoutFiltersMakesEveryAnswerMaybe() {
+    let sealed = SealedLedger(hotPart: 2, filters: [(LedgerFilter(expected: 1), LedgerFilter(expected: 1)), nil])
+    #expect(!sealed.complete)
+    #expect(sealed.mayHold(event("anything")))
+    #expect(sealed.mayOwn(type: "t", actor: "a", key: "k"))
+    #expect(SealedLedger.unknown.mayHold(event("anything")))
+  }
+
+  @Test func noSealedPartitionsMeansNothingIsThere() {
+    let sealed = SealedLedger(hotPart: 0, filters: [])
+    #expect(!sealed.mayHold(event("x")))
+    #expect(!sealed.mayOwn(type: "t", actor: "a", key: "k"))
+  }
+}
