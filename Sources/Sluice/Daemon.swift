@@ -540,7 +540,12 @@ public final class Daemon: @unchecked Sendable {
       """, [configuration.slot]
     ).rows.first
     metrics.setLag(bytes: Int(row?[0] ?? "") ?? 0, retained: Int(row?[1] ?? "") ?? 0)
+    if lastLedgerSize.duration(to: .now) >= .seconds(60) {
+      lastLedgerSize = .now
+      metrics.setLedger(try LedgerPartitions.size(on: connection))
+    }
   }
+  private var lastLedgerSize = ContinuousClock.now - .seconds(3600)
 
   /// The batch ends at a transaction boundary (keepalives after the commit do not count).
   static func endsAtCommit(_ items: [StreamItem]) -> Bool {

@@ -17,6 +17,8 @@ public final class DaemonMetrics: Sendable {
   private let latencySeconds: ValueHistogram
   private let lagBytesGauge: Prometheus.Gauge
   private let retainedWALBytes: Prometheus.Gauge
+  private let ledgerBytes: Prometheus.Gauge
+  private let ledgerBytesPerEvent: Prometheus.Gauge
   private let handlerErrors: Prometheus.Counter
   private let reconnects: Prometheus.Counter
   private let streaming: Prometheus.Gauge
@@ -63,6 +65,11 @@ public final class DaemonMetrics: Sendable {
     retainedWALBytes = registry.makeGauge(
       descriptor: Self.name(
         "retained_wal", "bytes", "WAL the server keeps for the slot (current position minus restart_lsn)."))
+    ledgerBytes = registry.makeGauge(
+      descriptor: Self.name("ledger", "bytes", "The ledger on disk: every partition's table, indexes and TOAST."))
+    ledgerBytesPerEvent = registry.makeGauge(
+      descriptor: Self.name(
+        "ledger_bytes_per_event", "", "The ledger's disk divided by the events it holds (refreshed every minute)."))
     handlerErrors = registry.makeCounter(
       descriptor: Self.name("handler_errors", "total", "Handler attempts that failed (retried or dead)."))
     reconnects = registry.makeCounter(
@@ -105,6 +112,11 @@ public final class DaemonMetrics: Sendable {
 
   /// One handler attempt failed (it is retried, or goes dead).
   func handlerFailed() { handlerErrors.increment() }
+
+  func setLedger(_ size: LedgerPartitions.Size) {
+    ledgerBytes.set(Int64(size.bytes))
+    ledgerBytesPerEvent.set(size.bytesPerEvent ?? 0)
+  }
 
   func setLag(bytes: Int, retained: Int) {
     lastLagBytes.store(bytes, ordering: .relaxed)

@@ -17,6 +17,8 @@ public struct StatusReport: Sendable {
   public var outbox: Outbox
   /// Per source with `retain`: final rows retention may delete now.
   public var retentionWaiting: [Retention.Outcome]
+  /// The ledger on disk (SPEC 11).
+  public var ledger: LedgerPartitions.Size
 
   /// Webhook deliveries (SPEC section 9).
   public struct Outbox: Sendable {
@@ -63,6 +65,12 @@ public struct StatusReport: Sendable {
     writer.raw(",")
     writer.key("retention_waiting")
     writer.object(retentionWaiting.map { ($0.relation, .int(Int64($0.rows))) })
+    writer.raw(",")
+    writer.key("ledger")
+    writer.object([
+      ("partitions", .int(Int64(ledger.partitions))), ("events", .int(Int64(ledger.events))),
+      ("bytes", .int(Int64(ledger.bytes))), ("bytes_per_event", optional(ledger.bytesPerEvent, ColumnValue.float)),
+    ])
     writer.raw("}")
     return String(decoding: writer.bytes, as: UTF8.self)
   }
@@ -91,6 +99,9 @@ public struct StatusReport: Sendable {
     for source in retentionWaiting {
       lines.append("retention  \(source.relation): \(source.rows) processed rows waiting to be deleted")
     }
+    lines.append(
+      "ledger     \(ledger.events) events in \(ledger.partitions) partitions, \(ledger.bytes) bytes on disk"
+        + (ledger.bytesPerEvent.map { " (\(Int($0.rounded())) bytes per event)" } ?? ""))
     return lines.joined(separator: "\n")
   }
 
@@ -126,7 +137,8 @@ extension Operations {
       retainedWALBytes: slot.flatMap { $0[4] }.flatMap { Int($0) }, counts: counts,
       dead: try deadEvents(), outbox: try Self.outboxSummary(connection),
       retentionWaiting: try Retention.waiting(
-        connection, slot: configuration.slot, publication: configuration.publication))
+        connection, slot: configuration.slot, publication: configuration.publication),
+      ledger: try LedgerPartitions.size(on: connection, events: counts.values.reduce(0, +)))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may

@@ -5,7 +5,32 @@ import SluicePostgres
 /// The ledger's partitions (SPEC 11, migration 007, README "The ledger's
 /// storage"): the filters of the sealed ones, built once and stored in
 /// `sluice.ledger_partitions`, and the sealing of the hot one when it is full.
-enum LedgerPartitions {
+public enum LedgerPartitions {
+  /// The ledger on disk: every partition's table, indexes and TOAST.
+  public struct Size: Sendable {
+    public var partitions: Int
+    public var events: Int
+    public var bytes: Int
+    public var bytesPerEvent: Double? { events > 0 ? Double(bytes) / Double(events) : nil }
+  }
+
+  /// `events`: the count if the caller has it; otherwise the sealed
+  /// partitions' recorded counts plus the planner's estimate of the others.
+  static func size(on connection: PGConnection, events: Int? = nil) throws -> Size {
+    let row = try connection.query(
+      """
+      SELECT count(*), coalesce(sum(pg_total_relation_size(t.relid)), 0),
+             coalesce(sum(CASE WHEN p.events IS NOT NULL THEN p.events ELSE greatest(c.reltuples, 0)::bigint END), 0)
+      FROM pg_partition_tree('sluice.event_log') t
+      JOIN pg_class c ON c.oid = t.relid
+      LEFT JOIN sluice.ledger_partitions p ON 'event_log_' || p.part = c.relname
+      WHERE t.isleaf
+      """
+    ).rows.first
+    return Size(
+      partitions: Int(row?[0] ?? "") ?? 0, events: events ?? Int(row?[2] ?? "") ?? 0, bytes: Int(row?[1] ?? "") ?? 0)
+  }
+
   /// What this process knows of the sealed partitions: their stored filters.
   /// A sealed partition without filters (or with damaged ones) makes every
   /// lookup go to every partition until the daemon builds them.

@@ -1,0 +1,194 @@
+import Foundation
+import Sluice
+import SluicePostgres
+import Testing
+
+/// SPEC 11: the ledger in partitions, sealed ones asked through their
+/// filters; replays and dedupe keys across them; the migration from one
+/// table; a backfill whose plan cannot go quadratic.
+@Suite struct LedgerStorageTests {
+  static func partitions(_ db: TestDatabase) throws -> (sealed: Int, filtered: Int) {
+    let row = try db.sql(
+      "SELECT count(*) FILTER (WHERE sealed_at IS NOT NULL), count(id_filter) FROM sluice.ledger_partitions"
+    ).rows[0]
+    return (Int(row[0] ?? "") ?? -1, Int(row[1] ?? "") ?? -1)
+  }
+
+  /// 250 events in partitions of 100: two sealed. Ids of sealed events
+  /// inserted again (their rows deleted by retention) are replays, their
+  /// dedupe keys stay owned, after a restart too; new events apply.
+  @Test func replaysAndDedupeKeysHoldAcrossSealedPartitionsAndRetention() throws {
+    let db = try TestDatabase("ledger_sealed")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann", "bob"])
+    let environment = ["SLUICE_LEDGER_PARTITION_EVENTS": "100", "SLUICE_RETENTION_INTERVAL_S": "0"]
+    var daemon = try startDaemon(db, environment)
+    for chunk in 0..<5 {
+      try XPFixture.insert(
+        db,
+        (0..<50).map { i in
+          let n = chunk * 50 + i
+          return ("e\(n)", n % 2 == 0 ? "ann" : "bob", "award", 1, n % 10 == 0 ? "key\(n)" : nil)
+        })
+      // One chunk at a time, so that the partitions split at 100 and 200.
+      #expect(
+        try eventually(30, "\((chunk + 1) * 50) ledger rows") { try XPFixture.ledgerCount(db) == (chunk + 1) * 50 })
+    }
+    // Partition 0 (empty: this ledger began partitioned), 1 and 2 sealed with their filters; 3 hot.
+    #expect(try eventually(10, "two more sealed partitions with filters") { try Self.partitions(db) == (3, 3) })
+    #expect(daemon.standardError.contains("sealed a ledger partition"), "\(daemon.standardError)")
+    #expect(try XPFixture.totals(db) == ["ann": 125, "bob": 125])
+    #expect(
+      try db.scalar("SELECT count(DISTINCT part) FROM sluice.event_log WHERE event_id IN ('e0', 'e120', 'e249')") == "3"
+    )
+
+    // Retention deletes every final row, sealed partitions' included.
+    try db.sql("UPDATE sluice.sources SET retain = '0 seconds' WHERE relation = 'xp.actions'")
+    try RetentionTests.caughtUp(db)
+    #expect(try RetentionTests.compact(db) == "xp.actions: deleted 250 rows")
+
+    // A client syncs old actions again: replays, whichever partition holds them.
+    try XPFixture.insert(db, [("e0", "ann", "award", 7, nil), ("e150", "ann", "award", 7, nil)])
+    // Keys owned in sealed partitions (key0: partition 1; key120: partition 2) and in the hot one (key240).
+    try XPFixture.insert(
+      db,
+      [
+        ("n1", "ann", "award", 3, "key0"), ("n2", "ann", "award", 3, "key120"), ("n3", "ann", "award", 3, "key240"),
+        ("n4", "bob", "award", 3, "fresh"),
+      ])
+    #expect(try eventually(20, "the new events") { try XPFixture.ledgerCount(db) == 254 })
+    var statuses = try XPFixture.statuses(db)
+    #expect(statuses["n1"] == "duplicate" && statuses["n2"] == "duplicate" && statuses["n3"] == "duplicate")
+    #expect(statuses["n4"] == "applied")
+    #expect(try XPFixture.totals(db) == ["ann": 125, "bob": 128])
+
+    // After a restart the filters come from the table, not from memory.
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    daemon = try startDaemon(db, environment)
+    try db.sql("DELETE FROM xp.actions WHERE id IN ('e0', 'n4')")
+    try XPFixture.insert(
+      db, [("e0", "ann", "award", 9, nil), ("n4", "bob", "award", 9, nil), ("n5", "bob", "award", 9, "key10")])
+    #expect(try eventually(20, "n5") { try XPFixture.statuses(db)["n5"] != nil })
+    statuses = try XPFixture.statuses(db)
+    #expect(statuses["n5"] == "duplicate")
+    #expect(try XPFixture.ledgerCount(db) == 255)
+    #expect(try XPFixture.totals(db) == ["ann": 125, "bob": 128])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// The first run's backfill looks the ledger up by index whatever the
+  /// statistics say. With the ledger ANALYZEd while empty, the anti join
+  /// it used to plan once scanned the whole ledger for each row.
+  @Test func backfillProbesTheLedgerByIndexOnAnAnalyzedEmptyLedger() throws {
+    let db = try TestDatabase("ledger_backfill_plan")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+      SELECT 'b' || lpad(g::text, 6, '0'), 'ann', 'award', '{"xp": 1}' FROM generate_series(1, 5000) g;
+      ANALYZE sluice.event_log;
+      """)
+    let scans = {
+      try db.sql("SELECT pg_stat_force_next_flush()")
+      return Int(
+        try db.scalar(
+          "SELECT coalesce(sum(seq_scan), 0) FROM pg_stat_user_tables WHERE schemaname = 'sluice' AND relname LIKE 'event_log%'"
+        ) ?? "") ?? -1
+    }
+    let before = try scans()
+    try createSlot(db, ["SLUICE_BATCH_SIZE": "100"])
+    #expect(try XPFixture.ledgerCount(db) == 5000)
+    #expect(try XPFixture.totals(db) == ["ann": 5000])
+    // The daemon's own counts and filter builds read a partition whole, a few times; 5,000 rows would be 5,000 scans.
+    #expect(try eventually(10, "the daemon's statistics") { try scans() - before >= 1 })
+    let during = try scans() - before
+    #expect(during < 50, "sequential scans of the ledger during the backfill: \(during)")
+  }
+
+  /// SPEC 11: the migration from one ledger table keeps every row of a
+  /// ledger of 1,000,000 (as partition 0, not copied), replays and keys
+  /// recorded before it still hold, and a migrate killed while it waits
+  /// leaves the old ledger as it was.
+  @Test func migrationKeepsAMillionRowLedgerAndSurvivesAKill() throws {
+    let db = try TestDatabase("ledger_migration")
+    // Install migrations 1-6 only, as a ledger written by the last release.
+    try db.sql(
+      """
+      CREATE SCHEMA sluice;
+      CREATE TABLE sluice.schema_migrations (version int PRIMARY KEY, name text NOT NULL,
+                                             applied_at timestamptz NOT NULL DEFAULT now());
+      INSERT INTO sluice.schema_migrations (version, name) VALUES (7, 'held back by the test');
+      """)
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    #expect(try db.scalar("SELECT relkind FROM pg_class WHERE oid = 'sluice.event_log'::regclass") == "r")
+    try db.sql(
+      """
+      INSERT INTO sluice.event_log (source, event_id, event_type, actor, dedupe_key, status, reason, attempts,
+                                    commit_lsn, committed_at, event)
+      SELECT 'xp.actions', 'old' || g, 'award', 'ann', CASE WHEN g % 100 = 0 THEN 'k' || g END,
+             CASE WHEN g % 1000 = 1 THEN 'dead' ELSE 'applied' END, NULL, 1, '0/1'::pg_lsn + g,
+             now() - interval '1 year', CASE WHEN g % 1000 = 1 THEN '{"id": "x"}'::jsonb END
+      FROM generate_series(1, 1000000) g;
+      DELETE FROM sluice.schema_migrations WHERE version = 7;
+      """)
+    let fingerprint =
+      "SELECT count(*), sum(hashtext(source || event_id || status || coalesce(dedupe_key, '') || commit_lsn::text)) FROM sluice.event_log"
+    let before = try db.sql(fingerprint).rows
+
+    // Killed while it waits for a lock: nothing of it stays.
+    let blocker = try PGConnection(conninfo: db.url)
+    defer { blocker.close() }
+    try blocker.simpleQuery("BEGIN; LOCK TABLE sluice.event_log IN ACCESS SHARE MODE")
+    let migrate = try sluice(db, ["migrate"])
+    #expect(
+      try eventually(20, "the migration to wait for the lock") {
+        try db.scalar(
+          "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+          == "1"
+      })
+    migrate.signal(SIGKILL)
+    _ = migrate.waitForExit()
+    try blocker.simpleQuery("COMMIT")
+    #expect(
+      try eventually(20, "the killed migration's backend to end") {
+        try db.scalar(
+          "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'"
+        ) == "0"
+      })
+    #expect(try db.scalar("SELECT relkind FROM pg_class WHERE oid = 'sluice.event_log'::regclass") == "r")
+    #expect(try db.scalar("SELECT max(version) FROM sluice.schema_migrations") == "6")
+
+    let (status, _, errors) = try runCommand(db, ["migrate"])
+    #expect(status == 0, "\(errors)")
+    #expect(try db.scalar("SELECT relkind FROM pg_class WHERE oid = 'sluice.event_log'::regclass") == "p")
+    #expect(try db.sql(fingerprint).rows == before)
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE part = 0") == "1000000")
+    #expect(try Self.partitions(db) == (1, 0))
+    // A dead event keeps every column.
+    #expect(try db.scalar("SELECT event->>'id' FROM sluice.event_log WHERE event_id = 'old1'") == "x")
+
+    // The daemon builds partition 0's filters once; old ids are replays, old keys owned.
+    let daemon = try startDaemon(db, ["SLUICE_LEDGER_PARTITION_EVENTS": "1000"])
+    #expect(daemon.standardError.contains("built the filters of a sealed ledger partition"))
+    #expect(try Self.partitions(db) == (1, 1))
+    try XPFixture.insert(
+      db,
+      [
+        ("old5", "ann", "award", 5, nil), ("old999999", "ann", "award", 5, nil), ("new1", "ann", "award", 5, "k500"),
+        ("new2", "ann", "award", 5, "k501"),
+      ])
+    #expect(try eventually(20, "the new events") { try XPFixture.ledgerCount(db) == 1_000_002 })
+    let statuses = try db.sql("SELECT event_id, status FROM sluice.event_log WHERE event_id IN ('new1', 'new2')").rows
+    #expect(
+      Dictionary(uniqueKeysWithValues: statuses.map { ($0[0] ?? "", $0[1] ?? "") }) == [
+        "new1": "duplicate", "new2": "applied",
+      ])
+    #expect(try XPFixture.totals(db) == ["ann": 5])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+}
