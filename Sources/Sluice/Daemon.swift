@@ -446,6 +446,7 @@ public final class Daemon: @unchecked Sendable {
       }
       if items.isEmpty {
         if queue.closed { return }
+        if processor.hotEvents >= configuration.ledgerPartitionEvents { try sealLedgerIfFull(processor) }
         try advanceBackfills(processor, confirmed: ack.confirmed)
         progressed(status(ack))
         continue

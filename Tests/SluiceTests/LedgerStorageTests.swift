@@ -34,13 +34,22 @@ import Testing
       #expect(
         try eventually(30, "\((chunk + 1) * 50) ledger rows") { try XPFixture.ledgerCount(db) == (chunk + 1) * 50 })
     }
-    // Partition 0 (empty: this ledger began partitioned), 1 and 2 sealed with their filters; 3 hot.
-    #expect(try eventually(10, "two more sealed partitions with filters") { try Self.partitions(db) == (3, 3) })
+    // Sealed at 100 events or more (a partition is sealed between batches): at least two now, with filters.
+    #expect(
+      try eventually(10, "two sealed partitions with events and filters") {
+        try db.scalar(
+          """
+          SELECT count(*) FROM sluice.ledger_partitions
+          WHERE sealed_at IS NOT NULL AND events >= 100 AND id_filter IS NOT NULL AND key_filter IS NOT NULL
+          """) == "2"
+      })
     #expect(daemon.standardError.contains("sealed a ledger partition"), "\(daemon.standardError)")
     #expect(try XPFixture.totals(db) == ["ann": 125, "bob": 125])
+    let sealedPart = "(SELECT part FROM sluice.ledger_partitions WHERE sealed_at IS NOT NULL AND events > 0)"
+    #expect(try db.scalar("SELECT part FROM sluice.event_log WHERE event_id = 'e0'") == "1")
     #expect(
-      try db.scalar("SELECT count(DISTINCT part) FROM sluice.event_log WHERE event_id IN ('e0', 'e120', 'e249')") == "3"
-    )
+      try db.scalar(
+        "SELECT bool_and(part IN \(sealedPart)) FROM sluice.event_log WHERE event_id IN ('e0', 'e10', 'e90')") == "t")
 
     // Retention deletes every final row, sealed partitions' included.
     try db.sql("UPDATE sluice.sources SET retain = '0 seconds' WHERE relation = 'xp.actions'")
@@ -49,12 +58,12 @@ import Testing
 
     // A client syncs old actions again: replays, whichever partition holds them.
     try XPFixture.insert(db, [("e0", "ann", "award", 7, nil), ("e150", "ann", "award", 7, nil)])
-    // Keys owned in sealed partitions (key0: partition 1; key120: partition 2) and in the hot one (key240).
+    // Keys owned in sealed partitions (key0, key90) and in the newest (key240); bob does not own ann's key0.
     try XPFixture.insert(
       db,
       [
-        ("n1", "ann", "award", 3, "key0"), ("n2", "ann", "award", 3, "key120"), ("n3", "ann", "award", 3, "key240"),
-        ("n4", "bob", "award", 3, "fresh"),
+        ("n1", "ann", "award", 3, "key0"), ("n2", "ann", "award", 3, "key90"), ("n3", "ann", "award", 3, "key240"),
+        ("n4", "bob", "award", 3, "key0"),
       ])
     #expect(try eventually(20, "the new events") { try XPFixture.ledgerCount(db) == 254 })
     var statuses = try XPFixture.statuses(db)
@@ -68,7 +77,7 @@ import Testing
     daemon = try startDaemon(db, environment)
     try db.sql("DELETE FROM xp.actions WHERE id IN ('e0', 'n4')")
     try XPFixture.insert(
-      db, [("e0", "ann", "award", 9, nil), ("n4", "bob", "award", 9, nil), ("n5", "bob", "award", 9, "key10")])
+      db, [("e0", "ann", "award", 9, nil), ("n4", "bob", "award", 9, nil), ("n5", "ann", "award", 9, "key10")])
     #expect(try eventually(20, "n5") { try XPFixture.statuses(db)["n5"] != nil })
     statuses = try XPFixture.statuses(db)
     #expect(statuses["n5"] == "duplicate")
