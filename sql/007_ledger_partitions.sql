@@ -27,23 +27,10 @@ ALTER INDEX sluice.event_log_commit_order RENAME TO event_log_0_commit_order;
 ALTER INDEX sluice.event_log_backfilled RENAME TO event_log_0_backfilled;
 ALTER TABLE sluice.event_log_0 ADD COLUMN part int NOT NULL DEFAULT 0;
 
-CREATE TABLE sluice.event_log (
-  source text NOT NULL,
-  event_id text NOT NULL,
-  event_type text,
-  actor text,
-  dedupe_key text,
-  status text NOT NULL,
-  reason text,
-  attempts int NOT NULL DEFAULT 0,
-  commit_lsn pg_lsn,
-  committed_at timestamptz,
-  processed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-  event jsonb,
-  part int NOT NULL,
-  -- The name the old table's check has (a partition must have its parent's constraints).
-  CONSTRAINT event_log_status_check CHECK (status IN ('applied', 'rejected', 'denied', 'duplicate', 'dead'))
-) PARTITION BY RANGE (part);
+-- The same columns, defaults, NOT NULLs and checks (by the same names: a
+-- partition must have its parent's constraints).
+CREATE TABLE sluice.event_log (LIKE sluice.event_log_0 INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+  PARTITION BY RANGE (part);
 ALTER TABLE sluice.event_log ATTACH PARTITION sluice.event_log_0 FOR VALUES FROM (MINVALUE) TO (1);
 
 -- One row per partition. The hot one has sealed_at NULL. The filters are
@@ -118,13 +105,15 @@ $$;
 -- Which of these events the ledger has, by index probes whatever the
 -- planner's statistics say (an ANALYZEd empty ledger included): a hash or
 -- merge join, or a sequential scan, would read the whole ledger for each
--- batch, and a backfill would go quadratic. `part` NULL looks in every
+-- batch, and a backfill would go quadratic. The settings it needs are pinned
+-- here, whatever the database's or role's defaults. `part` NULL looks in every
 -- partition; a number, in that one and newer ones (the daemon's filters
 -- cleared the older ones). Returns the ordinals of the events found.
 CREATE FUNCTION sluice.ledger_seen(sources text[], ids text[], synthetic bool[], part int)
   RETURNS SETOF bigint
   LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
-           SET enable_bitmapscan = off SET search_path = pg_catalog, sluice AS $$
+           SET enable_bitmapscan = off SET enable_indexscan = on SET enable_nestloop = on
+           SET search_path = pg_catalog, sluice AS $$
 BEGIN
   RETURN QUERY EXECUTE format($q$
     SELECT k.i FROM unnest($1, $2, $3) WITH ORDINALITY AS k(source, event_id, synthetic, i)
@@ -141,7 +130,8 @@ $$;
 CREATE FUNCTION sluice.ledger_owners(types text[], actors text[], keys text[], part int)
   RETURNS TABLE (i bigint, owner text)
   LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
-           SET enable_bitmapscan = off SET search_path = pg_catalog, sluice AS $$
+           SET enable_bitmapscan = off SET enable_indexscan = on SET enable_nestloop = on
+           SET search_path = pg_catalog, sluice AS $$
 BEGIN
   RETURN QUERY EXECUTE format($q$
     SELECT k.i, o.owner

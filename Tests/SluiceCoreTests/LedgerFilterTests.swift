@@ -5,27 +5,29 @@ import Testing
 @Suite struct LedgerFilterTests {
   @Test func neverMissesAnInsertedValue() {
     var filter = LedgerFilter(expected: 10_000)
-    for i in 0..<10_000 { filter.insert(Array("game.actions\0id-\(i)".utf8)) }
-    for i in 0..<10_000 { #expect(filter.mayContain(Array("game.actions\0id-\(i)".utf8))) }
+    for i in 0..<10_000 { filter.insert(.init("game.actions", "id-\(i)")) }
+    for i in 0..<10_000 { #expect(filter.mayContain(.init("game.actions", "id-\(i)"))) }
   }
 
   @Test func falsePositivesStayNearOnePercentAtTenBitsPerValue() {
     var filter = LedgerFilter(expected: 20_000)
-    for i in 0..<20_000 { filter.insert(Array("a\0\(i)".utf8)) }
-    let positives = (0..<100_000).filter { filter.mayContain(Array("b\0\($0)".utf8)) }.count
+    for i in 0..<20_000 { filter.insert(.init("a", "\(i)")) }
+    let positives = (0..<100_000).filter { filter.mayContain(.init("b", "\($0)")) }.count
     #expect(positives < 2_000, "\(positives) of 100,000 absent values looked present")
   }
 
   @Test func byteStringsAreComparedExactly() {
     var filter = LedgerFilter(expected: 10)
-    filter.insert(Array("s\0jos\u{e9}".utf8))
-    #expect(filter.mayContain(Array("s\0jos\u{e9}".utf8)))
-    #expect(!filter.mayContain(Array("s\0jose\u{301}".utf8)), "composed and decomposed are different ids")
+    filter.insert(.init("s", "jos\u{e9}"))
+    #expect(filter.mayContain(.init("s", "jos\u{e9}")))
+    #expect(!filter.mayContain(.init("s", "jose\u{301}")), "composed and decomposed are different ids")
+    // The NUL between parts keeps ("ab", "c") apart from ("a", "bc").
+    #expect(LedgerFilter.Digest("ab", "c") != LedgerFilter.Digest("a", "bc"))
   }
 
   @Test func storedFormRoundTripsAndRejectsDamage() throws {
     var filter = LedgerFilter(expected: 100)
-    for i in 0..<100 { filter.insert(Array("x\(i)".utf8)) }
+    for i in 0..<100 { filter.insert(.init("x\(i)")) }
     let bytes = filter.bytes
     #expect(try LedgerFilter(bytes: bytes) == filter)
     #expect(throws: DecodeError.self) { try LedgerFilter(bytes: Array(bytes.dropLast())) }
@@ -39,9 +41,9 @@ import Testing
 
   @Test func sealedLedgerAsksSealedPartitionsOnlyWhenAFilterMayHoldTheEvent() {
     var ids = LedgerFilter(expected: 10)
-    ids.insert(SealedLedger.idValue(source: "game.actions", ledgerID: "old"))
+    ids.insert(SealedLedger.idDigest(source: "game.actions", ledgerID: "old"))
     var keys = LedgerFilter(expected: 10)
-    keys.insert(SealedLedger.keyValue(type: "award_xp", actor: "u1", key: "k1"))
+    keys.insert(SealedLedger.keyDigest(type: "award_xp", actor: "u1", key: "k1"))
     let sealed = SealedLedger(hotPart: 1, filters: [(ids, keys)])
     #expect(sealed.mayHold(event("old")))
     #expect(!sealed.mayHold(event("new")))

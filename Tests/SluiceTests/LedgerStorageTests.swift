@@ -87,9 +87,59 @@ import Testing
     #expect(daemon.waitForExit() == 0)
   }
 
+  /// Ids the filters cannot hold as written (client ids that look like the
+  /// ledger's digests or its own ids, an id over 1,024 bytes stored as its
+  /// digest) and look-alike Unicode, synced again after their rows were
+  /// deleted; and a sealed partition left without filters (its sealer died
+  /// first), which the next daemon builds before it streams.
+  @Test func hostileIdsAcrossSealedPartitionsAndASealerThatDiedBeforeItsFilters() throws {
+    let db = try TestDatabase("ledger_hostile")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    let environment = ["SLUICE_LEDGER_PARTITION_EVENTS": "100", "SLUICE_RETENTION_INTERVAL_S": "0"]
+    let hostile = ["sha256:abc", "sluice:null-id@0/1", String(repeating: "x", count: 1100), "jos\u{e9}"]
+    var daemon = try startDaemon(db, environment)
+    try XPFixture.insert(db, (hostile + (0..<96).map { "h\($0)" }).map { ($0, "ann", "award", 1, nil) })
+    #expect(try eventually(20, "100 ledger rows") { try XPFixture.ledgerCount(db) == 100 })
+    #expect(
+      try eventually(10, "a sealed partition with filters") {
+        try db.scalar("SELECT count(*) FROM sluice.ledger_partitions WHERE events = 100 AND id_filter IS NOT NULL")
+          == "1"
+      })
+    try XPFixture.insert(db, [("hot1", "ann", "award", 1, nil)])
+    #expect(try eventually(20, "hot1") { try XPFixture.ledgerCount(db) == 101 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    // Sealed by someone who died before building the filters.
+    #expect(try db.scalar("SELECT sluice.ledger_seal(1)") != nil)
+    #expect(
+      try db.scalar("SELECT count(*) FROM sluice.ledger_partitions WHERE sealed_at IS NOT NULL AND id_filter IS NULL")
+        == "1")
+
+    try db.sql("DELETE FROM xp.actions")
+    try XPFixture.insert(db, (hostile + ["hot1", "h5", "jose\u{301}"]).map { ($0, "ann", "award", 5, nil) })
+    daemon = try startDaemon(db, environment)
+    #expect(daemon.standardError.contains("built the filters of a sealed ledger partition"), "\(daemon.standardError)")
+    // Asked in SQL: Swift's String equality would take the composed josé for it.
+    #expect(
+      try eventually(20, "the decomposed josé") {
+        try db.scalar("SELECT status FROM sluice.event_log WHERE event_id = $1", ["jose\u{301}"]) == "applied"
+      })
+    let others = try db.sql(
+      "SELECT left(event_id, 20), status, reason, part FROM sluice.event_log WHERE event_id !~ '^h[0-9]'"
+    ).rows
+    #expect(try XPFixture.ledgerCount(db) == 102, "\(others)")
+    // 99 applied (the over-long id was rejected), hot1, and the one new event.
+    #expect(try XPFixture.totals(db) == ["ann": 105])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
   /// The first run's backfill looks the ledger up by index whatever the
   /// statistics say. With the ledger ANALYZEd while empty, the anti join
-  /// it used to plan once scanned the whole ledger for each row.
+  /// it used to plan once scanned the whole ledger for each row. The
+  /// database's defaults turn index scans and nested loops off: the lookups
+  /// pin what they need.
   @Test func backfillProbesTheLedgerByIndexOnAnAnalyzedEmptyLedger() throws {
     let db = try TestDatabase("ledger_backfill_plan")
     try XPFixture.install(db)
@@ -100,6 +150,9 @@ import Testing
       SELECT 'b' || lpad(g::text, 6, '0'), 'ann', 'award', '{"xp": 1}' FROM generate_series(1, 5000) g;
       ANALYZE sluice.event_log;
       """)
+    let name = String(db.url.split(separator: "/").last ?? "")
+    try db.sql("ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET enable_indexscan = off")
+    try db.sql("ALTER DATABASE \(PGConnection.quoteIdentifier(name)) SET enable_nestloop = off")
     let scans = {
       try db.sql("SELECT pg_stat_force_next_flush()")
       return Int(

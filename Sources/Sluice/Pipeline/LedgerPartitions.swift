@@ -120,13 +120,13 @@ public enum LedgerPartitions {
     do {
       try scan(
         "SELECT source, event_id, NULL FROM \(table) WHERE \(only)", on: connection
-      ) { ids.insert(SealedLedger.idValue(source: $0[0] ?? "", ledgerID: $0[1] ?? "")) }
+      ) { ids.insert(SealedLedger.idDigest(source: $0[0] ?? "", ledgerID: $0[1] ?? "")) }
       try scan(
         """
         SELECT event_type, actor, dedupe_key FROM \(table)
         WHERE \(only) AND dedupe_key IS NOT NULL AND status IN ('applied', 'rejected', 'dead')
         """, on: connection
-      ) { keys.insert(SealedLedger.keyValue(type: $0[0] ?? "", actor: $0[1] ?? "", key: $0[2] ?? "")) }
+      ) { keys.insert(SealedLedger.keyDigest(type: $0[0] ?? "", actor: $0[1] ?? "", key: $0[2] ?? "")) }
       try connection.simpleQuery("COMMIT")
     } catch {
       _ = try? connection.simpleQuery("ROLLBACK")

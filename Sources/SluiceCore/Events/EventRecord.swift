@@ -95,7 +95,7 @@ public enum EventRecord {
     case .json(let text): pair("json", text)
     case .timestamp(let text): pair("timestamp", text)
     case .date(let text): pair("date", text)
-    case .bytes(let data): pair("bytes_hex", hex(data))
+    case .bytes(let data): pair("bytes_hex", Hex.encode(data))
     case .array(let items):
       writer.raw("[\"array\",[")
       for (index, item) in items.enumerated() {
@@ -123,7 +123,7 @@ public enum EventRecord {
     case "json": return text.map { .json($0) }
     case "timestamp": return text.map { .timestamp($0) }
     case "date": return text.map { .date($0) }
-    case "bytes_hex": return text.flatMap(unhex).map { .bytes($0) }
+    case "bytes_hex": return text.flatMap(Hex.decode).map { .bytes($0) }
     case "array":
       guard parts.count > 1, case .array(let items) = parts[1] else { return nil }
       var values: [ColumnValue] = []
@@ -134,33 +134,5 @@ public enum EventRecord {
       return .array(values)
     default: return nil
     }
-  }
-
-  private static let digits = Array("0123456789abcdef".utf8)
-
-  private static func hex(_ data: [UInt8]) -> String {
-    var out: [UInt8] = []
-    out.reserveCapacity(data.count * 2)
-    for byte in data {
-      out.append(digits[Int(byte >> 4)])
-      out.append(digits[Int(byte & 0xF)])
-    }
-    return String(decoding: out, as: UTF8.self)
-  }
-
-  private static func unhex(_ text: String) -> [UInt8]? {
-    let bytes = Array(text.utf8)
-    guard bytes.count % 2 == 0 else { return nil }
-    var out: [UInt8] = []
-    out.reserveCapacity(bytes.count / 2)
-    var index = 0
-    while index < bytes.count {
-      guard let high = digits.firstIndex(of: bytes[index]), let low = digits.firstIndex(of: bytes[index + 1]) else {
-        return nil
-      }
-      out.append(UInt8(high << 4 | low))
-      index += 2
-    }
-    return out
   }
 }

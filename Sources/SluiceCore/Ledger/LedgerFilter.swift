@@ -6,7 +6,8 @@
 ///
 /// Stored form (`bytes`): "SLF1", the probe count (1 byte), the bit count
 /// (8 bytes, big-endian), then the bits. Hashes are FNV-1a 64 of the value
-/// with two seeds, finished by MurmurHash3's fmix64; probe i is h1 + i·h2.
+/// (its parts joined by NUL) with two seeds, finished by MurmurHash3's
+/// fmix64; probe i is h1 + i·h2.
 public struct LedgerFilter: Sendable, Equatable {
   public private(set) var bitCount: UInt64
   public private(set) var probes: Int
@@ -23,21 +24,45 @@ public struct LedgerFilter: Sendable, Equatable {
     words = [UInt64](repeating: 0, count: Int(bitCount / 64))
   }
 
-  public mutating func insert<Bytes: Sequence>(_ value: Bytes) where Bytes.Element == UInt8 {
-    var (h1, h2) = Self.hashes(value)
-    for _ in 0..<probes {
-      let bit = h1 % bitCount
-      words[Int(bit / 64)] |= 1 << (bit % 64)
-      h1 &+= h2
+  /// A value's two hashes, computed once and tested against any number of
+  /// filters. The value is its parts joined by NUL bytes (no copy is made).
+  public struct Digest: Sendable, Equatable {
+    var h1: UInt64
+    var h2: UInt64
+
+    public init(_ parts: String...) {
+      var a: UInt64 = 0xcbf2_9ce4_8422_2325
+      var b: UInt64 = 0x8422_2325_cbf2_9ce4
+      for (index, part) in parts.enumerated() {
+        if index > 0 {
+          a = a &* 0x0000_0100_0000_01b3
+          b = b &* 0x0000_0100_0000_01b3
+        }
+        for byte in part.utf8 {
+          a = (a ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+          b = (b ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+      }
+      h1 = LedgerFilter.fmix(a)
+      h2 = LedgerFilter.fmix(b) | 1
     }
   }
 
-  public func mayContain<Bytes: Sequence>(_ value: Bytes) -> Bool where Bytes.Element == UInt8 {
-    var (h1, h2) = Self.hashes(value)
+  public mutating func insert(_ digest: Digest) {
+    var h = digest.h1
     for _ in 0..<probes {
-      let bit = h1 % bitCount
+      let bit = h % bitCount
+      words[Int(bit / 64)] |= 1 << (bit % 64)
+      h &+= digest.h2
+    }
+  }
+
+  public func mayContain(_ digest: Digest) -> Bool {
+    var h = digest.h1
+    for _ in 0..<probes {
+      let bit = h % bitCount
       if words[Int(bit / 64)] & (1 << (bit % 64)) == 0 { return false }
-      h1 &+= h2
+      h &+= digest.h2
     }
     return true
   }
@@ -74,17 +99,7 @@ public struct LedgerFilter: Sendable, Equatable {
     self.words = words
   }
 
-  static func hashes<Bytes: Sequence>(_ value: Bytes) -> (UInt64, UInt64) where Bytes.Element == UInt8 {
-    var a: UInt64 = 0xcbf2_9ce4_8422_2325
-    var b: UInt64 = 0x8422_2325_cbf2_9ce4
-    for byte in value {
-      a = (a ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-      b = (b ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-    }
-    return (fmix(a), fmix(b) | 1)
-  }
-
-  private static func fmix(_ value: UInt64) -> UInt64 {
+  static func fmix(_ value: UInt64) -> UInt64 {
     var k = value
     k ^= k >> 33
     k &*= 0xff51_afd7_ed55_8ccd
@@ -116,13 +131,14 @@ public struct SealedLedger: Sendable {
   /// Knows nothing: every lookup goes to every partition.
   public static let unknown = SealedLedger(hotPart: 0, filters: [nil])
 
-  /// The value a ledger id is filed under: source, NUL, id as stored.
-  public static func idValue(source: String, ledgerID: String) -> [UInt8] {
-    Array(source.utf8) + [0] + Array(ledgerID.utf8)
+  /// What a ledger id is filed under: source, NUL, id as stored.
+  public static func idDigest(source: String, ledgerID: String) -> LedgerFilter.Digest {
+    LedgerFilter.Digest(source, ledgerID)
   }
 
-  public static func keyValue(type: String, actor: String, key: String) -> [UInt8] {
-    Array(type.utf8) + [0] + Array(actor.utf8) + [0] + Array(key.utf8)
+  /// What an owned dedupe key is filed under: type, NUL, actor, NUL, key.
+  public static func keyDigest(type: String, actor: String, key: String) -> LedgerFilter.Digest {
+    LedgerFilter.Digest(type, actor, key)
   }
 
   /// Whether a sealed partition may hold this event. Ids the ledger stores
@@ -137,16 +153,16 @@ public struct SealedLedger: Sendable {
     {
       return true
     }
-    let value = Self.idValue(source: event.source, ledgerID: event.id)
-    return idFilters.contains { $0.mayContain(value) }
+    let digest = Self.idDigest(source: event.source, ledgerID: event.id)
+    return idFilters.contains { $0.mayContain(digest) }
   }
 
   /// Whether a sealed partition may hold an owner of this dedupe key.
   public func mayOwn(type: String, actor: String, key: String) -> Bool {
     guard complete else { return true }
     if keyFilters.isEmpty { return false }
-    let value = Self.keyValue(type: type, actor: actor, key: key)
-    return keyFilters.contains { $0.mayContain(value) }
+    let digest = Self.keyDigest(type: type, actor: actor, key: key)
+    return keyFilters.contains { $0.mayContain(digest) }
   }
 
   /// A partition was sealed and its filters built; `hot` takes inserts now.
