@@ -106,10 +106,10 @@ $$;
 -- planner's statistics say (an ANALYZEd empty ledger included): a hash or
 -- merge join, or a sequential scan, would read the whole ledger for each
 -- batch, and a backfill would go quadratic. The settings it needs are pinned
--- here, whatever the database's or role's defaults. `part` NULL looks in every
--- partition; a number, in that one and newer ones (the daemon's filters
--- cleared the older ones). Returns the ordinals of the events found.
-CREATE FUNCTION sluice.ledger_seen(sources text[], ids text[], synthetic bool[], part int)
+-- here, whatever the database's or role's defaults. It looks in partitions
+-- from `from_part` on and before `before_part` (NULL: no bound): the
+-- daemon's filters cleared the others. Returns the ordinals of the events found.
+CREATE FUNCTION sluice.ledger_seen(sources text[], ids text[], synthetic bool[], from_part int, before_part int)
   RETURNS SETOF bigint
   LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
            SET enable_bitmapscan = off SET enable_indexscan = on SET enable_nestloop = on
@@ -120,7 +120,7 @@ BEGIN
     WHERE EXISTS (SELECT 1 FROM sluice.event_log l
                   WHERE %s AND l.source = k.source
                     AND l.event_id = CASE WHEN k.synthetic THEN k.event_id ELSE sluice.ledger_id(k.event_id) END)
-    $q$, CASE WHEN part IS NULL THEN 'true' ELSE 'l.part >= ' || part END)
+    $q$, concat_ws(' AND ', 'true', 'l.part >= ' || from_part, 'l.part < ' || before_part))
     USING sources, ids, synthetic;
 END
 $$;

@@ -349,11 +349,10 @@ public final class Daemon: @unchecked Sendable {
   /// events (counted by the processor; the seal counts again) and opens the next.
   private func sealLedgerIfFull(_ processor: BatchProcessor) throws {
     guard processor.hotEvents >= configuration.ledgerPartitionEvents else { return }
-    if try LedgerPartitions.sealIfFull(configuration.ledgerPartitionEvents, on: processor.connection, logger: logger)
-      != nil
-    {
-      processor.sealed = try LedgerPartitions.load(on: processor.connection)
-    }
+    // Whatever happens after the seal (its filters may fail to build), the
+    // lookups must know which partition is hot now: unknown if unreadable.
+    defer { processor.sealed = (try? LedgerPartitions.load(on: processor.connection)) ?? .unknown }
+    _ = try LedgerPartitions.sealIfFull(configuration.ledgerPartitionEvents, on: processor.connection, logger: logger)
     processor.hotEvents = try LedgerPartitions.hotCount(on: processor.connection)
   }
 

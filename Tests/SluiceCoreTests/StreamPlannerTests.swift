@@ -197,6 +197,10 @@ import Testing
     #expect(plan.replaySuspects(.all).map(\.id) == ["1", "2"])
     #expect(plan.replaySuspects(.none).isEmpty)
     #expect(planner.plan(rows: [("g.actions", Self.row("3", "award", "ann"))]).replaySuspects(.none).map(\.id) == ["3"])
+    // Outside the window, only what a sealed partition may hold; inside it, nothing twice.
+    #expect(plan.sealedSuspects(.through(LSN(15)), mayHold: { _ in true }).map(\.id) == ["2"])
+    #expect(plan.sealedSuspects(.none, mayHold: { $0.id == "1" }).map(\.id) == ["1"])
+    #expect(plan.sealedSuspects(.all, mayHold: { _ in true }).isEmpty)
     #expect(plan.units(seen: [LedgerKey(source: "g.actions", id: "1")], owners: [:]).map(\.event.id) == ["2"])
   }
 

@@ -267,10 +267,12 @@ public final class BatchProcessor {
     let settledBefore = settling
     // Lookups read the ledger: the batch sent before must be final first.
     let sealed = self.sealed
-    let replaySuspects = plan.replaySuspects(window, orIf: sealed.mayHold)
-    if !replaySuspects.isEmpty { try settleUnread() }
     let everywhere = window == .all
-    let seen = try Ledger.seen(replaySuspects, sealed: sealed, everywhere: everywhere, on: connection)
+    var seen = try Ledger.seenSealed(
+      plan.sealedSuspects(window, mayHold: sealed.mayHold), before: sealed.hotPart, on: connection)
+    let replaySuspects = plan.replaySuspects(window)
+    if !replaySuspects.isEmpty { try settleUnread() }
+    seen.formUnion(try Ledger.seen(replaySuspects, sealed: sealed, everywhere: everywhere, on: connection))
     let ownerSuspects = plan.ownerSuspects(seen: seen)
     if !ownerSuspects.isEmpty { try settleUnread() }
     let owners = try Ledger.owners(ownerSuspects, sealed: sealed, everywhere: everywhere, on: connection)

@@ -22,15 +22,27 @@ enum Ledger {
   ) throws -> Set<LedgerKey> {
     var found = Set<LedgerKey>()
     for (part, group) in split(events, everywhere ? nil : sealed.hotPart, where: { everywhere || sealed.mayHold($0) }) {
-      let result = try connection.query(
-        "SELECT * FROM sluice.ledger_seen($1::text[], $2::text[], $3::bool[], $4::int)",
-        [
-          PGArray.literal(group.map(\.source)), PGArray.literal(group.map(\.id)), PGArray.literal(group.map(flag)),
-          part.map(String.init),
-        ])
-      for row in result.rows { if let i = row[0].flatMap({ Int($0) }) { found.insert(LedgerKey(group[i - 1])) } }
+      found.formUnion(try seen(group, from: part, before: nil, on: connection))
     }
     return found
+  }
+
+  /// Which of these events the sealed partitions (those before `hot`) hold.
+  static func seenSealed(_ events: [Event], before hot: Int, on connection: PGConnection) throws -> Set<LedgerKey> {
+    try seen(events, from: nil, before: hot, on: connection)
+  }
+
+  private static func seen(_ events: [Event], from: Int?, before: Int?, on connection: PGConnection) throws -> Set<
+    LedgerKey
+  > {
+    guard !events.isEmpty else { return [] }
+    let result = try connection.query(
+      "SELECT * FROM sluice.ledger_seen($1::text[], $2::text[], $3::bool[], $4::int, $5::int)",
+      [
+        PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id)), PGArray.literal(events.map(flag)),
+        from.map(String.init), before.map(String.init),
+      ])
+    return Set(result.rows.compactMap { $0[0].flatMap { Int($0) }.map { LedgerKey(events[$0 - 1]) } })
   }
 
   /// Which of these (type, actor, dedupe key) an earlier allowed event owns,

@@ -176,18 +176,26 @@ public struct BatchPlan: Sendable {
   }
 
   /// Events that may be replays and must be looked up in the ledger. Rows
-  /// read outside the stream (no commit LSN) always are, and so are those
-  /// for which `orIf` holds (a sealed ledger partition may have them: an
-  /// id seen long ago, its row deleted, inserted again).
-  public func replaySuspects(_ window: ReplayWindow, orIf mayBeOld: (Event) -> Bool = { _ in false }) -> [Event] {
-    candidates.lazy.map(\.event).filter { event in
-      guard let commit = event.commitLSN else { return true }
-      if mayBeOld(event) { return true }
-      switch window {
-      case .all: return true
-      case .through(let highWater): return commit <= highWater
-      case .none: return false
-      }
+  /// read outside the stream (no commit LSN) always are.
+  public func replaySuspects(_ window: ReplayWindow) -> [Event] {
+    candidates.lazy.map(\.event).filter { Self.inWindow($0, window) }
+  }
+
+  /// Streamed events outside the window that a sealed ledger partition may
+  /// hold (an id seen long ago, its row deleted, inserted again): looked up
+  /// in the sealed partitions only. The hot partition's unique index
+  /// answers for itself, so this lookup need not wait for the batch sent
+  /// before (which writes only to the hot partition).
+  public func sealedSuspects(_ window: ReplayWindow, mayHold: (Event) -> Bool) -> [Event] {
+    candidates.lazy.map(\.event).filter { !Self.inWindow($0, window) && mayHold($0) }
+  }
+
+  private static func inWindow(_ event: Event, _ window: ReplayWindow) -> Bool {
+    guard let commit = event.commitLSN else { return true }
+    switch window {
+    case .all: return true
+    case .through(let highWater): return commit <= highWater
+    case .none: return false
     }
   }
 

@@ -128,8 +128,9 @@ public struct SealedLedger: Sendable {
     keyFilters = filters.compactMap { $0?.keys }
   }
 
-  /// Knows nothing: every lookup goes to every partition.
-  public static let unknown = SealedLedger(hotPart: 0, filters: [nil])
+  /// Knows nothing: every lookup goes to every partition (no partition
+  /// number is beyond this one).
+  public static let unknown = SealedLedger(hotPart: Int(Int32.max), filters: [nil])
 
   /// What a ledger id is filed under: source, NUL, id as stored.
   public static func idDigest(source: String, ledgerID: String) -> LedgerFilter.Digest {
