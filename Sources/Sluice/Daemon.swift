@@ -341,6 +341,7 @@ public final class Daemon: @unchecked Sendable {
     processor.heartbeat = { beat.progressed(nil) }
     processor.stop = stop
     processor.sealed = try LedgerPartitions.prepare(on: connection, logger: logger)
+    processor.sealedLookups = try PGConnection(conninfo: configuration.databaseURL, applicationName: "sluice-lookups")
     processor.hotEvents = try LedgerPartitions.hotCount(on: connection)
     return processor
   }

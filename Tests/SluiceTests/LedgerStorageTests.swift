@@ -91,7 +91,8 @@ import Testing
   /// ledger's digests or its own ids, an id over 1,024 bytes stored as its
   /// digest) and look-alike Unicode, synced again after their rows were
   /// deleted; and a sealed partition left without filters (its sealer died
-  /// first), which the next daemon builds before it streams.
+  /// first) and one whose filter is damaged, which the next daemon builds
+  /// again before it streams.
   @Test func hostileIdsAcrossSealedPartitionsAndASealerThatDiedBeforeItsFilters() throws {
     let db = try TestDatabase("ledger_hostile")
     try XPFixture.install(db)
@@ -115,11 +116,20 @@ import Testing
     #expect(
       try db.scalar("SELECT count(*) FROM sluice.ledger_partitions WHERE sealed_at IS NOT NULL AND id_filter IS NULL")
         == "1")
+    // And the first partition's filter damaged on disk (its header alone).
+    try db.sql("UPDATE sluice.ledger_partitions SET id_filter = '\\x534c4631' WHERE events = 100")
 
     try db.sql("DELETE FROM xp.actions")
     try XPFixture.insert(db, (hostile + ["hot1", "h5", "jose\u{301}"]).map { ($0, "ann", "award", 5, nil) })
     daemon = try startDaemon(db, environment)
-    #expect(daemon.standardError.contains("built the filters of a sealed ledger partition"), "\(daemon.standardError)")
+    // Both built before streaming: the one never built and the damaged one.
+    #expect(
+      daemon.standardError.components(separatedBy: "built the filters of a sealed ledger partition").count == 3,
+      "\(daemon.standardError)")
+    #expect(
+      try db.scalar(
+        "SELECT count(*) FROM sluice.ledger_partitions WHERE sealed_at IS NOT NULL AND octet_length(id_filter) > 13"
+      ) == "3")
     // Asked in SQL: Swift's String equality would take the composed josé for it.
     #expect(
       try eventually(20, "the decomposed josé") {
@@ -133,6 +143,34 @@ import Testing
     #expect(try XPFixture.totals(db) == ["ann": 105])
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
+  }
+
+  /// Every event a filter positive (a sealed partition whose stored filters
+  /// say "maybe" to everything), while batches are sent ahead in one
+  /// pipeline: the sealed lookups go on a session of their own. (On the
+  /// pipelined session they failed: "synchronous command execution
+  /// functions are not allowed in pipeline mode".)
+  @Test func filterPositivesDoNotStopThePipeline() throws {
+    let db = try TestDatabase("ledger_positives")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    let maybe = "\\x534c4631" + "07" + "0000000000000040" + "ffffffffffffffff"
+    try db.sql("UPDATE sluice.ledger_partitions SET id_filter = '\(maybe)', key_filter = '\(maybe)' WHERE part = 0")
+    try createSlot(db)
+    try db.sql(
+      (0..<50).map { t in
+        """
+        INSERT INTO xp.actions (id, user_id, type, payload, dedupe_key)
+        SELECT 'p\(t)-' || g, 'ann', 'award', '{"xp": 1}', CASE WHEN g % 10 = 0 THEN 'k\(t)-' || g END
+        FROM generate_series(1, 100) g;
+        """
+      }.joined())
+    let daemon = try startDaemon(db, ["SLUICE_BATCH_SIZE": "200"])
+    #expect(try eventually(60, "5,000 events") { try XPFixture.ledgerCount(db) == 5000 })
+    #expect(try XPFixture.totals(db) == ["ann": 5000])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(!daemon.standardError.contains("connection lost"), "\(daemon.standardError)")
   }
 
   /// The first run's backfill looks the ledger up by index whatever the

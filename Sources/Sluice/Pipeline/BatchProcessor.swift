@@ -35,6 +35,10 @@ public final class BatchProcessor {
   /// (`LedgerPartitions`): events they cannot hold are looked up only in
   /// the hot partition, or not at all above the high water.
   var sealed: SealedLedger = .unknown
+  /// A second session for looking events up in the sealed partitions while
+  /// a batch sent ahead is still in `connection`'s pipeline (nil: settle
+  /// that batch first and ask on `connection`). Closed with the processor.
+  var sealedLookups: PGConnection?
   /// Events in the hot ledger partition: counted when the session starts,
   /// then raised by every batch that commits (the daemon seals it when full).
   var hotEvents = 0
@@ -68,7 +72,10 @@ public final class BatchProcessor {
     careful = CarefulStrategy(environment: environment)
   }
 
-  deinit { environment.deadline.close() }
+  deinit {
+    environment.deadline.close()
+    sealedLookups?.close()
+  }
 
   /// What a batch came to, for the acknowledgement.
   public struct Applied: Equatable {
@@ -268,8 +275,9 @@ public final class BatchProcessor {
     // Lookups read the ledger: the batch sent before must be final first.
     let sealed = self.sealed
     let everywhere = window == .all
-    var seen = try Ledger.seenSealed(
-      plan.sealedSuspects(window, mayHold: sealed.mayHold), before: sealed.hotPart, on: connection)
+    let sealedSuspects = plan.sealedSuspects(window, mayHold: sealed.mayHold)
+    if sealedLookups == nil, !sealedSuspects.isEmpty { try settleUnread() }
+    var seen = try Ledger.seenSealed(sealedSuspects, before: sealed.hotPart, on: sealedLookups ?? connection)
     let replaySuspects = plan.replaySuspects(window)
     if !replaySuspects.isEmpty { try settleUnread() }
     seen.formUnion(try Ledger.seen(replaySuspects, sealed: sealed, everywhere: everywhere, on: connection))

@@ -35,6 +35,11 @@ public enum LedgerPartitions {
   /// A sealed partition without filters (or with damaged ones) makes every
   /// lookup go to every partition until the daemon builds them.
   static func load(on connection: PGConnection) throws -> SealedLedger {
+    try read(on: connection).ledger
+  }
+
+  /// The stored filters, and the sealed partitions that lack usable ones.
+  private static func read(on connection: PGConnection) throws -> (ledger: SealedLedger, unfiltered: [Int]) {
     let rows = try connection.query(
       """
       SELECT part, sealed_at IS NULL, encode(id_filter, 'hex'), encode(key_filter, 'hex')
@@ -43,30 +48,32 @@ public enum LedgerPartitions {
     ).rows
     var hot = 0
     var filters: [(ids: LedgerFilter, keys: LedgerFilter)?] = []
+    var unfiltered: [Int] = []
     for row in rows {
+      let part = Int(row[0] ?? "") ?? 0
       if row[1] == "t" {
-        hot = Int(row[0] ?? "") ?? 0
+        hot = part
         continue
       }
       guard let ids = row[2].flatMap(Hex.decode), let keys = row[3].flatMap(Hex.decode),
         let idFilter = try? LedgerFilter(bytes: ids), let keyFilter = try? LedgerFilter(bytes: keys)
       else {
         filters.append(nil)
+        unfiltered.append(part)
         continue
       }
       filters.append((idFilter, keyFilter))
     }
-    return SealedLedger(hotPart: hot, filters: filters)
+    return (SealedLedger(hotPart: hot, filters: filters), unfiltered)
   }
 
-  /// Builds the filters of every sealed partition that has none (partition 0
-  /// after the upgrade from a single ledger table, or a partition whose
-  /// sealer died before building them), then loads them all.
+  /// Builds the filters of every sealed partition that has none, or damaged
+  /// ones (partition 0 after the upgrade from a single ledger table, or a
+  /// partition whose sealer died before building them), then loads them all.
   static func prepare(on connection: PGConnection, logger: Logger) throws -> SealedLedger {
-    let missing = try connection.query(
-      "SELECT part FROM sluice.ledger_partitions WHERE sealed_at IS NOT NULL AND (id_filter IS NULL OR key_filter IS NULL)"
-    ).rows.compactMap { $0[0].flatMap { Int($0) } }
-    for part in missing {
+    let (ledger, unfiltered) = try read(on: connection)
+    guard !unfiltered.isEmpty else { return ledger }
+    for part in unfiltered {
       let started = ContinuousClock.now
       let events = try buildFilters(part, on: connection)
       logger.info(
