@@ -125,6 +125,23 @@ BEGIN
 END
 $$;
 
+-- The same for (event, partition) pairs: each event looked up in the one
+-- partition named beside it (the one whose filter may hold it). The
+-- partition is pruned at run time, row by row.
+CREATE FUNCTION sluice.ledger_seen_in(sources text[], ids text[], synthetic bool[], parts int[])
+  RETURNS SETOF bigint
+  LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+           SET enable_bitmapscan = off SET enable_indexscan = on SET enable_nestloop = on
+           SET search_path = pg_catalog, sluice AS $$
+BEGIN
+  RETURN QUERY
+    SELECT k.i FROM unnest(sources, ids, synthetic, parts) WITH ORDINALITY AS k(source, event_id, synthetic, part, i)
+    WHERE EXISTS (SELECT 1 FROM sluice.event_log l
+                  WHERE l.part = k.part AND l.source = k.source
+                    AND l.event_id = CASE WHEN k.synthetic THEN k.event_id ELSE sluice.ledger_id(k.event_id) END);
+END
+$$;
+
 -- Who owns these (type, actor, dedupe key), by index probes as above: the
 -- ordinal of each owned one and its owner's 'source/event_id'. `part` as above.
 CREATE FUNCTION sluice.ledger_owners(types text[], actors text[], keys text[], part int)

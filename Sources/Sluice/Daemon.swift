@@ -294,12 +294,14 @@ public final class Daemon: @unchecked Sendable {
       guard !stop.isSet else { return }
       var rows = 0
       if let source = processor.policy.source(waiting.relation) {
-        rows = try Backfill.run(
-          source: source, reader: waiting.reader, processor: processor, batchSize: configuration.batchSize,
-          stop: stop, excludingXID: waiting.xid)
+        let copy = try Backfill.copy(source: source, reader: waiting.reader, excludingXID: waiting.xid)
+        try waiting.reader.simpleQuery("COMMIT")
+        rows = try Backfill.process(
+          copy, reader: waiting.reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
         if stop.isSet { return }
+      } else {
+        try waiting.reader.simpleQuery("COMMIT")
       }
-      try waiting.reader.simpleQuery("COMMIT")
       try processor.connection.query(
         "DELETE FROM sluice.pending_backfills WHERE slot = $1 AND relation = $2",
         [configuration.slot, waiting.relation])
@@ -390,14 +392,22 @@ public final class Daemon: @unchecked Sendable {
     try reader.simpleQuery("SET TRANSACTION SNAPSHOT \(PGConnection.quoteLiteral(snapshot))")
     let initial = try PolicyStore.loadFromTables(reader)
     try PolicyStore.copyTablesToMirror(reader, slot: configuration.slot)
+    // The snapshot's rows are copied and the snapshot let go: held through the
+    // whole backfill, it kept every row version the handlers leave behind.
+    // Not ready until they are processed: a crash before then starts over
+    // with a new slot (a lost slot's old mirror must not count as ready).
+    try PolicyStore.markNotReady(reader, slot: configuration.slot)
+    let copies = try initial.sources.values.sorted(by: { $0.relation < $1.relation }).map {
+      try Backfill.copy(source: $0, reader: reader)
+    }
+    try reader.simpleQuery("COMMIT")
     let processor = try makeProcessor(sql, StreamPlanner(policy: initial, catalog: registry.catalog))
     var total = 0
-    for source in initial.sources.values.sorted(by: { $0.relation < $1.relation }) {
-      total += try Backfill.run(
-        source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: nil)
+    for copy in copies {
+      total += try Backfill.process(
+        copy, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: nil)
     }
-    try PolicyStore.markReady(reader, slot: configuration.slot)
-    try reader.simpleQuery("COMMIT")
+    try PolicyStore.markReady(sql, slot: configuration.slot)
     if total > 0 { logger.info("backfilled rows that predate the slot", metadata: ["rows": "\(total)"]) }
     return (created.consistentPoint, processor)
   }

@@ -31,7 +31,7 @@ import Testing
     let bytes = filter.bytes
     #expect(try LedgerFilter(bytes: bytes) == filter)
     #expect(throws: DecodeError.self) { try LedgerFilter(bytes: Array(bytes.dropLast())) }
-    #expect(throws: DecodeError.self) { try LedgerFilter(bytes: [UInt8]("SLF2".utf8) + bytes.dropFirst(4)) }
+    #expect(throws: DecodeError.self) { try LedgerFilter(bytes: [UInt8]("SLF1".utf8) + bytes.dropFirst(4)) }
     #expect(throws: DecodeError.self) { try LedgerFilter(bytes: []) }
   }
 
@@ -44,8 +44,11 @@ import Testing
     ids.insert(SealedLedger.idDigest(source: "game.actions", ledgerID: "old"))
     var keys = LedgerFilter(expected: 10)
     keys.insert(SealedLedger.keyDigest(type: "award_xp", actor: "u1", key: "k1"))
-    let sealed = SealedLedger(hotPart: 1, filters: [(ids, keys)])
+    let empty = SealedLedger.Partition(part: 1, ids: LedgerFilter(expected: 1), keys: LedgerFilter(expected: 1))
+    let sealed = SealedLedger(hotPart: 3, sealed: [empty, .init(part: 2, ids: ids, keys: keys)])
     #expect(sealed.mayHold(event("old")))
+    #expect(sealed.holders(event("old")) == [2], "only the partition whose filter holds it")
+    #expect(sealed.holders(event("new")) == [])
     #expect(!sealed.mayHold(event("new")))
     #expect(!sealed.mayHold(event("old", source: "shop.orders")), "the source is part of the key")
     #expect(sealed.mayOwn(type: "award_xp", actor: "u1", key: "k1"))
@@ -54,18 +57,21 @@ import Testing
     #expect(sealed.mayHold(event("sha256:abc")))
     #expect(sealed.mayHold(event("sluice:null-id@0/1")))
     #expect(sealed.mayHold(event(String(repeating: "x", count: 1025))))
+    #expect(sealed.holders(event("sha256:abc")) == nil, "any sealed partition")
   }
 
   @Test func aSealedPartitionWithoutFiltersMakesEveryAnswerMaybe() {
-    let sealed = SealedLedger(hotPart: 2, filters: [(LedgerFilter(expected: 1), LedgerFilter(expected: 1)), nil])
+    let sealed = SealedLedger(
+      hotPart: 2, sealed: [.init(part: 0, ids: LedgerFilter(expected: 1), keys: LedgerFilter(expected: 1)), nil])
     #expect(!sealed.complete)
     #expect(sealed.mayHold(event("anything")))
     #expect(sealed.mayOwn(type: "t", actor: "a", key: "k"))
+    #expect(sealed.holders(event("anything")) == nil)
     #expect(SealedLedger.unknown.mayHold(event("anything")))
   }
 
   @Test func noSealedPartitionsMeansNothingIsThere() {
-    let sealed = SealedLedger(hotPart: 0, filters: [])
+    let sealed = SealedLedger(hotPart: 0, sealed: [])
     #expect(!sealed.mayHold(event("x")))
     #expect(!sealed.mayOwn(type: "t", actor: "a", key: "k"))
   }

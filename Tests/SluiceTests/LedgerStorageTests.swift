@@ -116,8 +116,8 @@ import Testing
     #expect(
       try db.scalar("SELECT count(*) FROM sluice.ledger_partitions WHERE sealed_at IS NOT NULL AND id_filter IS NULL")
         == "1")
-    // And the first partition's filter damaged on disk (its header alone).
-    try db.sql("UPDATE sluice.ledger_partitions SET id_filter = '\\x534c4631' WHERE events = 100")
+    // And the first partition's filter damaged on disk (its magic alone).
+    try db.sql("UPDATE sluice.ledger_partitions SET id_filter = '\\x534c4231' WHERE events = 100")
 
     try db.sql("DELETE FROM xp.actions")
     try XPFixture.insert(db, (hostile + ["hot1", "h5", "jose\u{301}"]).map { ($0, "ann", "award", 5, nil) })
@@ -154,7 +154,7 @@ import Testing
     let db = try TestDatabase("ledger_positives")
     try XPFixture.install(db)
     try XPFixture.grant(db, ["ann"])
-    let maybe = "\\x534c4631" + "07" + "0000000000000040" + "ffffffffffffffff"
+    let maybe = "\\x534c4231" + "07" + "0000000000000200" + String(repeating: "ff", count: 64)
     try db.sql("UPDATE sluice.ledger_partitions SET id_filter = '\(maybe)', key_filter = '\(maybe)' WHERE part = 0")
     try createSlot(db)
     try db.sql(
@@ -206,6 +206,30 @@ import Testing
     #expect(try eventually(10, "the daemon's statistics") { try scans() - before >= 1 })
     let during = try scans() - before
     #expect(during < 50, "sequential scans of the ledger during the backfill: \(during)")
+  }
+
+  /// The first run's backfill lets go of its snapshot before it applies
+  /// anything: held, it kept every row version the handlers left behind
+  /// (the game's per-user totals grew chains of versions that each update
+  /// walked, and the backfill went quadratic). A handler counts the
+  /// backfill's sessions that hold a snapshot while it runs.
+  @Test func theBackfillHoldsNoSnapshotWhileItApplies() throws {
+    let db = try TestDatabase("ledger_backfill_snapshot")
+    try XPFixture.install(db)
+    try XPFixture.handler(
+      db, "probe",
+      """
+      BEGIN
+        INSERT INTO xp.totals VALUES (e->>'actor', (SELECT count(*) FROM pg_stat_activity
+          WHERE application_name = 'sluice-backfill' AND backend_xmin IS NOT NULL))
+        ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + EXCLUDED.xp;
+      END
+      """)
+    try db.sql(
+      "INSERT INTO xp.actions (id, user_id, type) SELECT 'p' || g, 'ann', 'probe' FROM generate_series(1, 300) g")
+    try createSlot(db, ["SLUICE_BATCH_SIZE": "100"])
+    #expect(try XPFixture.ledgerCount(db) == 300)
+    #expect(try XPFixture.totals(db) == ["ann": 0], "events applied while the backfill's reader held a snapshot")
   }
 
   /// SPEC 11: the migration from one ledger table keeps every row of a

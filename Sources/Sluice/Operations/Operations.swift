@@ -192,9 +192,10 @@ public struct Operations {
       slot: configuration.slot, logger: logger)
     processor.sealed = try LedgerPartitions.load(on: connection)
     try reader.simpleQuery("BEGIN")
-    defer { _ = try? reader.simpleQuery("COMMIT") }
-    let rows = try Backfill.run(
-      source: source, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
+    let copy = try Backfill.copy(source: source, reader: reader)
+    try reader.simpleQuery("COMMIT")
+    let rows = try Backfill.process(
+      copy, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
     try Self.notifyDeliverer(connection)
     return rows
   }

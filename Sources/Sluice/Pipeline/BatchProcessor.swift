@@ -277,7 +277,7 @@ public final class BatchProcessor {
     let everywhere = window == .all
     let sealedSuspects = plan.sealedSuspects(window, mayHold: sealed.mayHold)
     if sealedLookups == nil, !sealedSuspects.isEmpty { try settleUnread() }
-    var seen = try Ledger.seenSealed(sealedSuspects, before: sealed.hotPart, on: sealedLookups ?? connection)
+    var seen = try Ledger.seenSealed(sealedSuspects, sealed: sealed, on: sealedLookups ?? connection)
     let replaySuspects = plan.replaySuspects(window)
     if !replaySuspects.isEmpty { try settleUnread() }
     seen.formUnion(try Ledger.seen(replaySuspects, sealed: sealed, everywhere: everywhere, on: connection))

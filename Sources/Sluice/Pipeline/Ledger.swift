@@ -27,9 +27,27 @@ enum Ledger {
     return found
   }
 
-  /// Which of these events the sealed partitions (those before `hot`) hold.
-  static func seenSealed(_ events: [Event], before hot: Int, on connection: PGConnection) throws -> Set<LedgerKey> {
-    try seen(events, from: nil, before: hot, on: connection)
+  /// Which of these events the sealed partitions hold: each probed only in
+  /// the partitions whose filter may hold it, or in every sealed one where
+  /// the filters cannot say.
+  static func seenSealed(_ events: [Event], sealed: SealedLedger, on connection: PGConnection) throws -> Set<
+    LedgerKey
+  > {
+    var anywhere: [Event] = []
+    var pairs: [(event: Event, part: Int)] = []
+    for event in events {
+      if let parts = sealed.holders(event) { pairs += parts.map { (event, $0) } } else { anywhere.append(event) }
+    }
+    var found = try seen(anywhere, from: nil, before: sealed.hotPart, on: connection)
+    guard !pairs.isEmpty else { return found }
+    let result = try connection.query(
+      "SELECT * FROM sluice.ledger_seen_in($1::text[], $2::text[], $3::bool[], $4::int[])",
+      [
+        PGArray.literal(pairs.map(\.event.source)), PGArray.literal(pairs.map(\.event.id)),
+        PGArray.literal(pairs.map { flag($0.event) }), PGArray.literal(pairs.map { String($0.part) }),
+      ])
+    for row in result.rows { if let i = row[0].flatMap({ Int($0) }) { found.insert(LedgerKey(pairs[i - 1].event)) } }
+    return found
   }
 
   private static func seen(_ events: [Event], from: Int?, before: Int?, on connection: PGConnection) throws -> Set<

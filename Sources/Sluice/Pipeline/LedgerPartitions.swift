@@ -47,7 +47,7 @@ public enum LedgerPartitions {
       """
     ).rows
     var hot = 0
-    var filters: [(ids: LedgerFilter, keys: LedgerFilter)?] = []
+    var filters: [SealedLedger.Partition?] = []
     var unfiltered: [Int] = []
     for row in rows {
       let part = Int(row[0] ?? "") ?? 0
@@ -62,9 +62,9 @@ public enum LedgerPartitions {
         unfiltered.append(part)
         continue
       }
-      filters.append((idFilter, keyFilter))
+      filters.append(SealedLedger.Partition(part: part, ids: idFilter, keys: keyFilter))
     }
-    return (SealedLedger(hotPart: hot, filters: filters), unfiltered)
+    return (SealedLedger(hotPart: hot, sealed: filters), unfiltered)
   }
 
   /// Builds the filters of every sealed partition that has none, or damaged

@@ -1,5 +1,6 @@
 import SluiceCore
 import SluicePostgres
+import Synchronization
 
 /// Loads and saves the policy: from the configuration tables (at slot
 /// creation, in the slot's snapshot) or from `sluice.policy_mirror` (on restart).
@@ -63,6 +64,12 @@ enum PolicyStore {
     try connection.query("SELECT mirror_ready FROM sluice.stream_state WHERE slot = $1", [slot]).scalar == "t"
   }
 
+  /// The mirror is being rebuilt for a new slot: until `markReady`, a
+  /// restart recreates the slot and starts over.
+  static func markNotReady(_ connection: PGConnection, slot: String) throws {
+    try connection.query("UPDATE sluice.stream_state SET mirror_ready = false WHERE slot = $1", [slot])
+  }
+
   static func markReady(_ connection: PGConnection, slot: String) throws {
     try connection.query(
       """
@@ -75,40 +82,66 @@ enum PolicyStore {
 
 /// Processes the rows of a source that the ledger has not seen, in id order.
 ///
-/// Linear in the rows whatever the planner's statistics say: the source is
-/// read once in id order (an index scan, or one sort), and each chunk's ids
-/// are looked up in the ledger by index probes (`Ledger.seen`, through
-/// `sluice.ledger_seen`). An anti join of the source against the ledger,
-/// planned once when the cursor opened (on an empty or ANALYZEd-empty
-/// ledger: a sequential scan of the ledger per row), went quadratic as the
-/// backfill itself filled the ledger.
+/// Linear in the rows whatever the planner's statistics say, in two steps:
+/// - `copy`, in the reader's transaction (the snapshot whose rows are to be
+///   backfilled): the source's rows, numbered in id order, into a temporary
+///   table of the reader's session (one scan and one sort, written to no WAL);
+/// - `process`, once that transaction ended: the copy in ranges of
+///   `batchSize` numbers, each read by its own statement and looked up in
+///   the ledger by index probes (`Ledger.seen`, `sluice.ledger_seen`).
+///
+/// It used to read through one cursor of an anti join against the ledger,
+/// planned once when the cursor opened (on an ANALYZEd empty ledger: a scan
+/// of the ledger per row), and to hold the snapshot until the end, which
+/// kept every row version the handlers left behind from being pruned (the
+/// game's `user_xp` rows grew chains of versions that each upsert walked):
+/// both went quadratic.
 enum Backfill {
-  /// Reads with a cursor on `reader` (which may hold an imported snapshot)
-  /// and applies through `processor` in batches. Returns the rows that were
-  /// new to the ledger.
-  /// `excludingXID`: not the rows this transaction wrote (the one that
-  /// registered the source: its rows are the stream's).
-  static func run(
-    source: SourceMapping, reader: PGConnection, processor: BatchProcessor, batchSize: Int, stop: StopSignal?,
-    excludingXID: String? = nil
-  ) throws -> Int {
+  /// Names the copies apart (several sources in one reader's session).
+  private static let copies = Atomic<Int>(0)
+
+  /// A source's rows copied for a backfill.
+  struct Copy {
+    var relation: String
+    var table: String
+  }
+
+  /// In the reader's open transaction: copies the rows of `source` (not
+  /// those `excludingXID` wrote: the registering transaction's rows are the
+  /// stream's) into a temporary table, numbered in id order.
+  static func copy(source: SourceMapping, reader: PGConnection, excludingXID: String? = nil) throws -> Copy {
+    let table = "sluice_backfill_\(copies.add(1, ordering: .relaxed).newValue)"
     let relation = PGConnection.quoteQualified(source.relation)
     let id = PGConnection.quoteIdentifier(source.idColumn)
+    try reader.query("DROP TABLE IF EXISTS pg_temp.\(table)")
     try reader.query(
       """
-      DECLARE sluice_backfill NO SCROLL CURSOR FOR
-      SELECT t.* FROM \(relation) t
+      CREATE TEMPORARY TABLE \(table) AS
+      SELECT row_number() OVER (ORDER BY t.\(id)) AS n, t AS r FROM \(relation) t
       \(excludingXID.map { "WHERE t.xmin::text <> \(PGConnection.quoteLiteral($0))" } ?? "")
-      ORDER BY t.\(id)
       """)
-    defer { _ = try? reader.query("CLOSE sluice_backfill") }
+    try reader.query("CREATE INDEX ON pg_temp.\(table) (n)")
+    return Copy(relation: source.relation, table: table)
+  }
+
+  /// Once the reader's transaction ended: applies the copy through
+  /// `processor` in batches, and drops it. Returns the rows that were new to
+  /// the ledger.
+  static func process(_ copy: Copy, reader: PGConnection, processor: BatchProcessor, batchSize: Int, stop: StopSignal?)
+    throws -> Int
+  {
     let before = processor.counts.values.reduce(0, +)
+    var last = 0
     while stop?.isSet != true {
-      let result = try reader.query("FETCH \(batchSize) FROM sluice_backfill")
+      let result = try reader.query(
+        "SELECT (r).* FROM pg_temp.\(copy.table) WHERE n > $1 AND n <= $2 ORDER BY n",
+        [String(last), String(last + batchSize)])
       if result.rows.isEmpty { break }
       let rows = result.rows.map { Operations.typedRow(result, $0) }
-      try processor.processRows(rows.map { (source.relation, $0) })
+      try processor.processRows(rows.map { (copy.relation, $0) })
+      last += batchSize
     }
+    if stop?.isSet != true { try reader.query("DROP TABLE pg_temp.\(copy.table)") }
     return processor.counts.values.reduce(0, +) - before
   }
 }

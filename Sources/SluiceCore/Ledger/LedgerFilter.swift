@@ -1,26 +1,30 @@
-/// A Bloom filter over byte strings: `mayContain` is false only for values
-/// never inserted, and true for about 1% of the others at 10 bits per value.
+/// A blocked Bloom filter over byte strings: `mayContain` is false only for
+/// values never inserted, and true for about 1% of the others at 10 bits per
+/// value. Each value's bits lie in one 512-bit block (one cache line), so a
+/// lookup costs one memory access per filter, however big it is.
 /// The daemon keeps one per sealed ledger partition for its ids and one for
 /// its owned dedupe keys, so an event is looked up in sealed partitions only
 /// when one of them may hold it (README "The ledger's storage").
 ///
-/// Stored form (`bytes`): "SLF1", the probe count (1 byte), the bit count
-/// (8 bytes, big-endian), then the bits. Hashes are FNV-1a 64 of the value
-/// (its parts joined by NUL) with two seeds, finished by MurmurHash3's
-/// fmix64; probe i is h1 + i·h2.
+/// Stored form (`bytes`): "SLB1", the probe count (1 byte), the bit count
+/// (8 bytes, big-endian, a multiple of 512), then the bits as big-endian
+/// 64-bit words. Hashes are FNV-1a 64 of the value (its parts joined by NUL)
+/// with two seeds, finished by MurmurHash3's fmix64: h1 picks the block,
+/// and probe i sets bit (h2 >> 9i) mod 512 of it.
 public struct LedgerFilter: Sendable, Equatable {
   public private(set) var bitCount: UInt64
   public private(set) var probes: Int
   private var words: [UInt64]
 
-  static let magic: [UInt8] = Array("SLF1".utf8)
+  static let magic: [UInt8] = Array("SLB1".utf8)
+  static let blockBits: UInt64 = 512
 
   /// A filter sized for `expected` values at `bitsPerValue` bits each.
   public init(expected: Int, bitsPerValue: Int = 10) {
-    let bits = UInt64(max(64, max(expected, 1) * bitsPerValue))
-    bitCount = (bits + 63) / 64 * 64
-    // k = bits per value · ln 2, rounded: 7 at 10 bits.
-    probes = max(1, min(16, Int((Double(bitsPerValue) * 0.693).rounded())))
+    let bits = UInt64(max(1, expected) * bitsPerValue)
+    bitCount = max(1, (bits + Self.blockBits - 1) / Self.blockBits) * Self.blockBits
+    // k = bits per value · ln 2, rounded (7 at 10 bits); at most 7 probes of 9 bits fit in h2.
+    probes = max(1, min(7, Int((Double(bitsPerValue) * 0.693).rounded())))
     words = [UInt64](repeating: 0, count: Int(bitCount / 64))
   }
 
@@ -49,20 +53,18 @@ public struct LedgerFilter: Sendable, Equatable {
   }
 
   public mutating func insert(_ digest: Digest) {
-    var h = digest.h1
-    for _ in 0..<probes {
-      let bit = h % bitCount
-      words[Int(bit / 64)] |= 1 << (bit % 64)
-      h &+= digest.h2
+    let block = Int(digest.h1 % (bitCount / Self.blockBits)) * 8
+    for i in 0..<probes {
+      let bit = Int((digest.h2 >> UInt64(9 * i)) & 511)
+      words[block + bit / 64] |= 1 << UInt64(bit % 64)
     }
   }
 
   public func mayContain(_ digest: Digest) -> Bool {
-    var h = digest.h1
-    for _ in 0..<probes {
-      let bit = h % bitCount
-      if words[Int(bit / 64)] & (1 << (bit % 64)) == 0 { return false }
-      h &+= digest.h2
+    let block = Int(digest.h1 % (bitCount / Self.blockBits)) * 8
+    for i in 0..<probes {
+      let bit = Int((digest.h2 >> UInt64(9 * i)) & 511)
+      if words[block + bit / 64] & (1 << UInt64(bit % 64)) == 0 { return false }
     }
     return true
   }
@@ -90,7 +92,7 @@ public struct LedgerFilter: Sendable, Equatable {
     guard try reader.readBytes(4, "magic") == Self.magic else { throw reader.error("magic", .invalid("not SLF1")) }
     probes = Int(try reader.readUInt8("probes"))
     bitCount = try reader.readUInt64("bit count")
-    guard (1...16).contains(probes), bitCount >= 64, bitCount % 64 == 0,
+    guard (1...7).contains(probes), bitCount >= Self.blockBits, bitCount % Self.blockBits == 0,
       reader.remaining % 8 == 0, bitCount / 64 == UInt64(reader.remaining / 8)
     else { throw reader.error("bits", .invalid("header does not match the length")) }
     var words: [UInt64] = []
@@ -114,23 +116,35 @@ public struct LedgerFilter: Sendable, Equatable {
 /// events and dedupe keys they may hold. Complete only when every sealed
 /// partition has its filters; until then every question answers "maybe".
 public struct SealedLedger: Sendable {
+  /// One sealed partition's filters.
+  public struct Partition: Sendable {
+    public var part: Int
+    public var ids: LedgerFilter
+    public var keys: LedgerFilter
+    public init(part: Int, ids: LedgerFilter, keys: LedgerFilter) {
+      self.part = part
+      self.ids = ids
+      self.keys = keys
+    }
+  }
+
   /// The newest partition this process knows of; lookups cleared by the
   /// filters probe it and any newer one.
   public private(set) var hotPart: Int
   public private(set) var complete: Bool
-  private var idFilters: [LedgerFilter]
-  private var keyFilters: [LedgerFilter]
+  private var partitions: [Partition]
 
-  public init(hotPart: Int, filters: [(ids: LedgerFilter, keys: LedgerFilter)?]) {
+  /// `sealed`: each sealed partition's filters, nil where it has none (then
+  /// every answer is "maybe, anywhere").
+  public init(hotPart: Int, sealed: [Partition?]) {
     self.hotPart = hotPart
-    complete = filters.allSatisfy { $0 != nil }
-    idFilters = filters.compactMap { $0?.ids }
-    keyFilters = filters.compactMap { $0?.keys }
+    complete = sealed.allSatisfy { $0 != nil }
+    partitions = sealed.compactMap { $0 }
   }
 
   /// Knows nothing: every lookup goes to every partition (no partition
   /// number is beyond this one).
-  public static let unknown = SealedLedger(hotPart: Int(Int32.max), filters: [nil])
+  public static let unknown = SealedLedger(hotPart: Int(Int32.max), sealed: [nil])
 
   /// What a ledger id is filed under: source, NUL, id as stored.
   public static func idDigest(source: String, ledgerID: String) -> LedgerFilter.Digest {
@@ -142,34 +156,31 @@ public struct SealedLedger: Sendable {
     LedgerFilter.Digest(type, actor, key)
   }
 
-  /// Whether a sealed partition may hold this event. Ids the ledger stores
-  /// as digests (over 1,024 bytes, or starting with `sha256:` / `sluice:`)
-  /// are always looked up: the filter holds their digests, not them.
-  public func mayHold(_ event: Event) -> Bool {
-    guard complete else { return true }
-    if idFilters.isEmpty { return false }
+  /// The sealed partitions that may hold this event, or nil for "any of
+  /// them" (filters missing, or an id the ledger stores as a digest: over
+  /// 1,024 bytes, or starting with `sha256:` / `sluice:`; the filters hold
+  /// the digest, not the id).
+  public func holders(_ event: Event) -> [Int]? {
+    guard complete else { return nil }
     if !event.idIsSynthetic
       && (event.id.utf8.count > EventLimits.maxFieldBytes || event.id.hasPrefix("sha256:")
         || event.id.hasPrefix("sluice:"))
     {
-      return true
+      return nil
     }
     let digest = Self.idDigest(source: event.source, ledgerID: event.id)
-    return idFilters.contains { $0.mayContain(digest) }
+    return partitions.lazy.filter { $0.ids.mayContain(digest) }.map(\.part)
+  }
+
+  /// Whether a sealed partition may hold this event.
+  public func mayHold(_ event: Event) -> Bool {
+    holders(event).map { !$0.isEmpty } ?? true
   }
 
   /// Whether a sealed partition may hold an owner of this dedupe key.
   public func mayOwn(type: String, actor: String, key: String) -> Bool {
     guard complete else { return true }
-    if keyFilters.isEmpty { return false }
     let digest = Self.keyDigest(type: type, actor: actor, key: key)
-    return keyFilters.contains { $0.mayContain(digest) }
-  }
-
-  /// A partition was sealed and its filters built; `hot` takes inserts now.
-  public mutating func sealed(ids: LedgerFilter, keys: LedgerFilter, hot: Int) {
-    idFilters.append(ids)
-    keyFilters.append(keys)
-    hotPart = hot
+    return partitions.contains { $0.keys.mayContain(digest) }
   }
 }
