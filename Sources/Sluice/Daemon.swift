@@ -401,6 +401,9 @@ public final class Daemon: @unchecked Sendable {
       try Backfill.copy(source: $0, reader: reader)
     }
     try reader.simpleQuery("COMMIT")
+    // The walsender holds the exported snapshot (and so the oldest xmin of
+    // the cluster) until its connection runs another command: let it go too.
+    _ = try stream.identifySystem()
     let processor = try makeProcessor(sql, StreamPlanner(policy: initial, catalog: registry.catalog))
     var total = 0
     for copy in copies {
