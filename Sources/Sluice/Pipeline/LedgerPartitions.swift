@@ -39,13 +39,11 @@ public enum LedgerPartitions {
   }
 
   /// The stored filters, and the sealed partitions that lack usable ones.
+  /// One partition's filters at a time, so that the text of only one is in
+  /// memory beside the filters already read (12 partitions at once took
+  /// 85 MiB at 10 million events).
   private static func read(on connection: PGConnection) throws -> (ledger: SealedLedger, unfiltered: [Int]) {
-    let rows = try connection.query(
-      """
-      SELECT part, sealed_at IS NULL, encode(id_filter, 'hex'), encode(key_filter, 'hex')
-      FROM sluice.ledger_partitions ORDER BY part
-      """
-    ).rows
+    let rows = try connection.query("SELECT part, sealed_at IS NULL FROM sluice.ledger_partitions ORDER BY part").rows
     var hot = 0
     var filters: [SealedLedger.Partition?] = []
     var unfiltered: [Int] = []
@@ -55,7 +53,11 @@ public enum LedgerPartitions {
         hot = part
         continue
       }
-      guard let ids = row[2].flatMap(Hex.decode), let keys = row[3].flatMap(Hex.decode),
+      let stored = try connection.query(
+        "SELECT encode(id_filter, 'hex'), encode(key_filter, 'hex') FROM sluice.ledger_partitions WHERE part = $1::int",
+        [String(part)]
+      ).rows.first
+      guard let ids = stored?[0].flatMap(Hex.decode), let keys = stored?[1].flatMap(Hex.decode),
         let idFilter = try? LedgerFilter(bytes: ids), let keyFilter = try? LedgerFilter(bytes: keys)
       else {
         filters.append(nil)
