@@ -142,6 +142,37 @@ BEGIN
 END
 $$;
 
+-- For writers other than the daemon that seals (`sluice backfill`): in the
+-- transaction that inserted these ledger rows, after their inserts took the
+-- hot partition under the shared lock, raises unique_violation if a sealed
+-- partition holds one of the events, or an owner of one of the keys the
+-- rows claim. A partition sealed between such a writer's lookups and its
+-- insert would otherwise let an event in twice, or a key have two owners:
+-- uniqueness is per partition. The writer then looks everything up again.
+CREATE FUNCTION sluice.ledger_check_sealed(sources text[], ids text[], synthetic bool[], types text[],
+                                           actors text[], keys text[])
+  RETURNS void
+  LANGUAGE plpgsql VOLATILE SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+           SET enable_bitmapscan = off SET enable_indexscan = on SET enable_nestloop = on
+           SET search_path = pg_catalog, sluice AS $$
+DECLARE
+  hot int := sluice.ledger_hot_part();
+BEGIN
+  IF EXISTS (SELECT 1 FROM sluice.ledger_seen(sources, ids, synthetic, NULL, hot))
+     OR EXISTS (SELECT 1 FROM unnest(types, actors, keys) AS k(event_type, actor, dedupe_key)
+                WHERE k.dedupe_key IS NOT NULL
+                  AND EXISTS (SELECT 1 FROM sluice.event_log l
+                              WHERE l.part < hot
+                                AND sluice.dedupe_digest(l.event_type, l.actor, l.dedupe_key)
+                                    = sluice.dedupe_digest(k.event_type, k.actor, k.dedupe_key)
+                                AND l.dedupe_key IS NOT NULL AND l.status IN ('applied', 'rejected', 'dead')))
+  THEN
+    RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+      MESSAGE = 'a sealed ledger partition already holds one of these events or keys';
+  END IF;
+END
+$$;
+
 -- Who owns these (type, actor, dedupe key), by index probes as above: the
 -- ordinal of each owned one and its owner's 'source/event_id'. `part` as above.
 CREATE FUNCTION sluice.ledger_owners(types text[], actors text[], keys text[], part int)

@@ -234,6 +234,52 @@ import Testing
     #expect(try XPFixture.totals(db) == ["ann": 0], "events applied while the backfill's reader held a snapshot")
   }
 
+  /// Found by review: `sluice backfill` looks its rows up, then the daemon
+  /// commits one of them and seals the partition, then the backfill inserts
+  /// into the next one, where no unique index sees the first. Simulated in
+  /// one transaction: the handler of the batch's first row writes the second
+  /// row's ledger row and seals, once. The backfill's insert must notice.
+  @Test func aPartitionSealedBetweenABackfillsLookupAndItsInsertLetsNothingInTwice() throws {
+    let db = try TestDatabase("ledger_seal_race")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql("CREATE SEQUENCE xp.once")
+    try XPFixture.handler(
+      db, "sealer",
+      """
+      BEGIN
+        IF nextval('xp.once') = 1 THEN
+          INSERT INTO sluice.event_log (source, event_id, event_type, actor, status, attempts)
+            VALUES ('xp.actions', 'x1', 'award', 'ann', 'applied', 1);
+          PERFORM sluice.ledger_seal(0);
+        END IF;
+      END
+      """)
+    try XPFixture.insert(db, [("s1", "ann", "sealer", 1, nil), ("x1", "ann", "award", 5, nil)])
+    let (status, _, errors) = try runCommand(db, ["backfill", "xp.actions"])
+    #expect(status == 0, "\(errors)")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE event_id = 'x1'") == "1")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE event_id = 's1'") == "1")
+    #expect(try db.scalar("SELECT nextval('xp.once')")! > "1", "the race was staged")
+  }
+
+  /// Found by review: the backfill's copy must not follow the source's
+  /// columns after it was taken. A handler renames the actor column while
+  /// the copy is being applied, one row per batch: the rows after it are
+  /// still the rows as they were (applied, not rejected for a missing column).
+  @Test func theBackfillsCopyKeepsTheColumnsItWasTakenWith() throws {
+    let db = try TestDatabase("ledger_backfill_columns")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try XPFixture.handler(db, "renamer", "BEGIN ALTER TABLE xp.actions RENAME COLUMN user_id TO uid; END")
+    try XPFixture.insert(
+      db, [("r1", "ann", "renamer", 1, nil), ("r2", "ann", "award", 5, nil), ("r3", "ann", "award", 5, nil)])
+    let (status, _, errors) = try runCommand(db, ["backfill", "xp.actions"], ["SLUICE_BATCH_SIZE": "1"])
+    #expect(status == 0, "\(errors)")
+    #expect(try XPFixture.statuses(db) == ["r1": "applied", "r2": "applied", "r3": "applied"])
+    #expect(try XPFixture.totals(db) == ["ann": 10])
+  }
+
   /// SPEC 11: the migration from one ledger table keeps every row of a
   /// ledger of 1,000,000 (as partition 0, not copied), replays and keys
   /// recorded before it still hold, and a migrate killed while it waits

@@ -191,6 +191,7 @@ public struct Operations {
       maxAttempts: configuration.maxAttempts, handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds,
       slot: configuration.slot, logger: logger)
     processor.sealed = try LedgerPartitions.load(on: connection)
+    processor.checksSealedPartitions = true
     try reader.simpleQuery("BEGIN")
     let copy = try Backfill.copy(source: source, reader: reader)
     try reader.simpleQuery("COMMIT")

@@ -39,6 +39,10 @@ public final class BatchProcessor {
   /// a batch sent ahead is still in `connection`'s pipeline (nil: settle
   /// that batch first and ask on `connection`). Closed with the processor.
   var sealedLookups: PGConnection?
+  /// This process does not seal the ledger (`sluice backfill`): a partition
+  /// may be sealed between its lookups and its inserts, so each transaction
+  /// that writes ledger rows checks the sealed partitions too.
+  var checksSealedPartitions = false
   /// Events in the hot ledger partition: counted when the session starts,
   /// then raised by every batch that commits (the daemon seals it when full).
   var hotEvents = 0
@@ -301,7 +305,7 @@ public final class BatchProcessor {
       case .fast(let range), .careful(let range):
         let whole = range == units.indices && !partly
         let finish = { (entries: [LedgerEntry]) -> [Statement] in
-          var statements = entries.isEmpty ? [] : [Ledger.insert(entries)]
+          var statements = self.ledgerWrites(entries)
           if whole { statements += tail }
           let completed = whole ? plan.completed : nil
           let highWater = Self.highWater(entries)
@@ -392,7 +396,7 @@ public final class BatchProcessor {
       }
       heartbeat()
       let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries in
-        [Ledger.insert(entries), Ledger.endAttempts(event)]
+        ledgerWrites(entries) + [Ledger.endAttempts(event)]
           + (Self.highWater(entries).map { [Ledger.state(slot: slot, completed: nil, highWater: $0, mirrorLSN: nil)] }
             ?? [])
       }
@@ -423,7 +427,7 @@ public final class BatchProcessor {
   private func commitEnsuringARow(_ entry: LedgerEntry) throws {
     let state = Self.highWater([entry]).map { Ledger.state(slot: slot, completed: nil, highWater: $0, mirrorLSN: nil) }
     do {
-      try transaction([Ledger.insert([entry]), Ledger.endAttempts(entry.event)] + [state].compactMap { $0 })
+      try transaction(ledgerWrites([entry]) + [Ledger.endAttempts(entry.event)] + [state].compactMap { $0 })
     } catch let error as PostgresError where !error.isConnectionLoss && connection.isHealthy {
       if error.sqlState == .uniqueViolation { throw LedgerConflict(description: "\(error)") }
       logger.error("ledger row cannot be written; recording a minimal dead row", metadata: ["error": "\(error)"])
@@ -457,6 +461,12 @@ public final class BatchProcessor {
       left -= step
       heartbeat()
     }
+  }
+
+  /// The statements that write these ledger rows.
+  private func ledgerWrites(_ entries: [LedgerEntry]) -> [Statement] {
+    guard !entries.isEmpty else { return [] }
+    return [Ledger.insert(entries)] + (checksSealedPartitions ? [Ledger.checkSealed(entries)] : [])
   }
 
   private func record(_ entries: [LedgerEntry], since started: ContinuousClock.Instant) {

@@ -119,6 +119,25 @@ enum Ledger {
       parameters: columns(entries).map(\.literal), writesLedger: true)
   }
 
+  /// After `insert` in the same transaction, for writers other than the
+  /// daemon that seals: fails as a ledger conflict if a partition sealed
+  /// since their lookups holds one of these events or keys
+  /// (`sluice.ledger_check_sealed`).
+  static func checkSealed(_ entries: [LedgerEntry]) -> Statement {
+    let events = entries.map(\.event)
+    let owned = entries.map { $0.ownsKey && $0.status != .denied && $0.status != .duplicate }
+    return Statement(
+      sql: """
+        SELECT sluice.ledger_check_sealed($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[])
+        """,
+      parameters: [
+        PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id)), PGArray.literal(events.map(flag)),
+        PGArray.literal(events.map { EventLimits.storable($0.type) }),
+        PGArray.literal(events.map { EventLimits.storable($0.actor) }),
+        PGArray.literal(zip(events, owned).map { $1 ? EventLimits.storable($0.dedupeKey) : nil }),
+      ], writesLedger: true)
+  }
+
   /// The twelve array parameters of `insert`, built in one pass over the
   /// entries (each entry read once, not once per column).
   private static func columns(_ entries: [LedgerEntry]) -> [PGArrayBuilder] {

@@ -85,7 +85,9 @@ enum PolicyStore {
 /// Linear in the rows whatever the planner's statistics say, in two steps:
 /// - `copy`, in the reader's transaction (the snapshot whose rows are to be
 ///   backfilled): the source's rows, numbered in id order, into a temporary
-///   table of the reader's session (one scan and one sort, written to no WAL);
+///   table of the reader's session (one scan and one sort, written to no WAL),
+///   with columns of its own: a later change of the source's columns
+///   changes neither the copy nor what its rows become;
 /// - `process`, once that transaction ended: the copy in ranges of
 ///   `batchSize` numbers, each read by its own statement and looked up in
 ///   the ledger by index probes (`Ledger.seen`, `sluice.ledger_seen`).
@@ -117,10 +119,10 @@ enum Backfill {
     try reader.query(
       """
       CREATE TEMPORARY TABLE \(table) AS
-      SELECT row_number() OVER (ORDER BY t.\(id)) AS n, t AS r FROM \(relation) t
+      SELECT row_number() OVER (ORDER BY t.\(id)) AS sluice_backfill_n, t.* FROM \(relation) t
       \(excludingXID.map { "WHERE t.xmin::text <> \(PGConnection.quoteLiteral($0))" } ?? "")
       """)
-    try reader.query("CREATE INDEX ON pg_temp.\(table) (n)")
+    try reader.query("CREATE INDEX ON pg_temp.\(table) (sluice_backfill_n)")
     return Copy(relation: source.relation, table: table)
   }
 
@@ -133,11 +135,16 @@ enum Backfill {
     let before = processor.counts.values.reduce(0, +)
     var last = 0
     while stop?.isSet != true {
-      let result = try reader.query(
-        "SELECT (r).* FROM pg_temp.\(copy.table) WHERE n > $1 AND n <= $2 ORDER BY n",
-        [String(last), String(last + batchSize)])
+      var result = try reader.query(
+        """
+        SELECT * FROM pg_temp.\(copy.table)
+        WHERE sluice_backfill_n > $1 AND sluice_backfill_n <= $2 ORDER BY sluice_backfill_n
+        """, [String(last), String(last + batchSize)])
       if result.rows.isEmpty { break }
-      let rows = result.rows.map { Operations.typedRow(result, $0) }
+      // The copy's own columns (the source's as they were), less the number.
+      result.columns.removeFirst()
+      result.types.removeFirst()
+      let rows = result.rows.map { Operations.typedRow(result, Array($0.dropFirst())) }
       try processor.processRows(rows.map { (copy.relation, $0) })
       last += batchSize
     }
