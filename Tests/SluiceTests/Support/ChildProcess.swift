@@ -20,18 +20,30 @@ final class ChildProcess: @unchecked Sendable {
     let stderr = Pipe()
     process.standardOutput = stdout
     process.standardError = stderr
-    for (pipe, buffer) in [(stdout, out), (stderr, err)] {
-      pipe.fileHandleForReading.readabilityHandler = { handle in
-        let data = handle.availableData
-        if data.isEmpty {
-          handle.readabilityHandler = nil
-          buffer.finish()
-        } else {
-          buffer.append(data)
-        }
-      }
-    }
     try process.run()
+    // One plain reading thread per pipe. (Foundation's readabilityHandler,
+    // cleared from inside itself at end of file, crashed the test process
+    // once in realloc under load.)
+    for (pipe, buffer) in [(stdout, out), (stderr, err)] {
+      let handle = pipe.fileHandleForReading
+      let thread = Thread {
+        let fd = handle.fileDescriptor
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+          let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+          if count > 0 {
+            buffer.append(Data(chunk[0..<count]))
+          } else if count < 0 && errno == EINTR {
+            continue
+          } else {
+            break
+          }
+        }
+        buffer.finish()
+        withExtendedLifetime(handle) {}
+      }
+      thread.start()
+    }
   }
 
   var pid: Int32 { process.processIdentifier }
