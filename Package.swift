@@ -43,7 +43,7 @@ let package = Package(
         .embedInCode("001_schema.sql"), .embedInCode("002_ledger_high_water.sql"),
         .embedInCode("003_poison_and_limits.sql"), .embedInCode("004_outbox.sql"),
         .embedInCode("005_retention.sql"), .embedInCode("006_outbox_body_limit.sql"),
-        .embedInCode("007_ledger_partitions.sql"),
+        .embedInCode("007_ledger_partitions.sql"), .embedInCode("008_outcomes.sql"),
       ]
     ),
     // Pure: decides, never touches a socket, the clock or the environment.

@@ -28,5 +28,6 @@ public enum SchemaMigrations {
     Migration(
       version: 7, name: "007_ledger_partitions",
       sql: String(decoding: PackageResources._07_ledger_partitions_sql, as: UTF8.self)),
+    Migration(version: 8, name: "008_outcomes", sql: String(decoding: PackageResources._08_outcomes_sql, as: UTF8.self)),
   ]
 }

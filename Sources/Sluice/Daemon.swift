@@ -106,6 +106,7 @@ public final class Daemon: @unchecked Sendable {
       throw StartupError("the database lacks migrations \(pending.joined(separator: ", ")): run `sluice migrate`")
     }
     try Migrator.ensurePublication(sql, configuration.publication)
+    if let outcomes = configuration.outcomesPublication { try Migrator.ensureOutcomesPublication(sql, outcomes) }
     if try sql.query("SELECT pg_is_in_recovery()").scalar == "t" {
       // A standby (a multi-host URL, or before a failover completes): its slots
       // cannot be written, and one being synchronized must not be dropped. Wait.
@@ -130,6 +131,7 @@ public final class Daemon: @unchecked Sendable {
       ? RetentionWorker(
         conninfo: url, slot: configuration.slot, publication: configuration.publication,
         intervalSeconds: configuration.retentionIntervalSeconds,
+        outcomeRetentionSeconds: configuration.outcomeRetentionSeconds,
         logger: logger, metrics: metrics) : nil
     retention?.start()
     defer { retention?.stopAndWait() }
@@ -340,6 +342,7 @@ public final class Daemon: @unchecked Sendable {
       handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds, slot: configuration.slot, logger: logger,
       tick: { beat.progressed(nil) })
     processor.metrics = metrics
+    processor.outcomes = configuration.outcomes
     processor.heartbeat = { beat.progressed(nil) }
     processor.stop = stop
     processor.sealed = try LedgerPartitions.prepare(on: connection, logger: logger)

@@ -9,7 +9,9 @@ public enum Migrator {
   /// Applies every migration not yet applied, each in its own transaction,
   /// and creates the publication. Returns the names applied (empty: nothing to do).
   @discardableResult
-  public static func migrate(_ connection: PGConnection, publication: String) throws -> [String] {
+  public static func migrate(_ connection: PGConnection, publication: String, outcomesPublication: String? = nil)
+    throws -> [String]
+  {
     // One migrator at a time, whoever else runs `sluice migrate`.
     try connection.query("SELECT pg_advisory_lock(hashtext('sluice.migrate'))")
     defer { _ = try? connection.query("SELECT pg_advisory_unlock(hashtext('sluice.migrate'))") }
@@ -36,7 +38,35 @@ public enum Migrator {
       done.append(migration.name)
     }
     try ensurePublication(connection, publication)
+    if let outcomesPublication { try ensureOutcomesPublication(connection, outcomesPublication) }
     return done
+  }
+
+  /// Puts `sluice.outcomes` in the publication a sync layer streams
+  /// (`SLUICE_OUTCOMES_PUBLICATION`, SPEC 12): creates the publication if it
+  /// is missing, adds the table if it lacks it (one `FOR ALL TABLES` has it).
+  public static func ensureOutcomesPublication(_ connection: PGConnection, _ publication: String) throws {
+    let name = PGConnection.quoteIdentifier(publication)
+    let row = try connection.query(
+      """
+      SELECT EXISTS (SELECT 1 FROM pg_publication_tables t
+                     WHERE t.pubname = p.pubname AND t.schemaname = 'sluice' AND t.tablename = 'outcomes')
+      FROM pg_publication p WHERE p.pubname = $1
+      """, [publication]
+    ).rows.first
+    do {
+      if row == nil {
+        try connection.query("CREATE PUBLICATION \(name) FOR TABLE sluice.outcomes")
+      } else if row?[0] != "t" {
+        try connection.query("ALTER PUBLICATION \(name) ADD TABLE sluice.outcomes")
+      }
+    } catch let error as PostgresError where error.sqlState == .insufficientPrivilege {
+      throw PostgresError(
+        sqlState: error.sqlState,
+        message:
+          "sluice.outcomes must be in publication \(publication) (SLUICE_OUTCOMES_PUBLICATION): run `sluice migrate` as the owner of both",
+        context: "publication")
+    }
   }
 
   /// What the publication must do: publish every kind of change (the

@@ -122,10 +122,10 @@ struct CheckCommand: ParsableCommand {
     print("ok    configuration (SLUICE_* variables)")
     let findings = operations.check()
     for finding in findings {
-      print("\(finding.ok ? "ok  " : "FAIL")  \(finding.what)")
+      print("\(finding.ok ? "ok  " : finding.warning ? "WARN" : "FAIL")  \(finding.what)")
       if !finding.ok, let fix = finding.fix { print("      fix: \(fix)") }
     }
-    if findings.contains(where: { !$0.ok }) { throw ExitCode(1) }
+    if findings.contains(where: { !$0.ok && !$0.warning }) { throw ExitCode(1) }
   }
 }
 
@@ -317,7 +317,9 @@ struct CompactCommand: ParsableCommand {
     let config = loadConfiguration()
     let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
     let outcomes = try reportingFailure("compact") { try operations.compact(dryRun: dryRun) }
-    if outcomes.isEmpty { print("no source has retain set (or the slot does not exist yet)") }
+    if outcomes.allSatisfy({ $0.relation == "sluice.outcomes" }) {
+      print("no source has retain set (or the slot does not exist yet)")
+    }
     for outcome in outcomes {
       print("\(outcome.relation): \(dryRun ? "would delete" : "deleted") \(outcome.rows) rows")
       if let kept = outcome.kept { printError("sluice compact: \(outcome.relation): \(kept)") }

@@ -20,6 +20,9 @@ import Testing
     #expect(config.outboxBackoffMilliseconds == 1000)
     #expect(config.retentionIntervalSeconds == 60)
     #expect(config.ledgerPartitionEvents == 1_000_000)
+    #expect(config.outcomes == false)
+    #expect(config.outcomeRetentionSeconds == 7 * 86_400)
+    #expect(config.outcomesPublication == nil)
   }
 
   @Test func readsEveryVariable() throws {
@@ -29,8 +32,12 @@ import Testing
         "SLUICE_MAX_ATTEMPTS": "3", "SLUICE_METRICS_ADDR": "off", "SLUICE_LOG_LEVEL": "DEBUG",
         "SLUICE_LOG_FORMAT": "json", "SLUICE_HANDLER_TIMEOUT_MS": "1500", "SLUICE_OUTBOX_MAX_ATTEMPTS": "4",
         "SLUICE_OUTBOX_BACKOFF_MS": "250", "SLUICE_RETENTION_INTERVAL_S": "0",
-        "SLUICE_LEDGER_PARTITION_EVENTS": "5000",
+        "SLUICE_LEDGER_PARTITION_EVENTS": "5000", "SLUICE_OUTCOMES": "on", "SLUICE_OUTCOME_RETENTION": "1 day 12 hours",
+        "SLUICE_OUTCOMES_PUBLICATION": "powersync",
       ]) { $1 })
+    #expect(config.outcomes)
+    #expect(config.outcomeRetentionSeconds == 36 * 3600)
+    #expect(config.outcomesPublication == "powersync")
     #expect(config.ledgerPartitionEvents == 5000)
     #expect(config.outboxMaxAttempts == 4)
     #expect(config.outboxBackoffMilliseconds == 250)
@@ -60,6 +67,10 @@ import Testing
     ("SLUICE_OUTBOX_MAX_ATTEMPTS", "0"), ("SLUICE_OUTBOX_BACKOFF_MS", "0"), ("SLUICE_OUTBOX_BACKOFF_MS", "1s"),
     ("SLUICE_RETENTION_INTERVAL_S", "-1"), ("SLUICE_RETENTION_INTERVAL_S", "1m"),
     ("SLUICE_LEDGER_PARTITION_EVENTS", "99"), ("SLUICE_LEDGER_PARTITION_EVENTS", "1e6"),
+    ("SLUICE_OUTCOMES", "maybe"), ("SLUICE_OUTCOME_RETENTION", "7"), ("SLUICE_OUTCOME_RETENTION", "7 fortnights"),
+    ("SLUICE_OUTCOME_RETENTION", "30 seconds"), ("SLUICE_OUTCOME_RETENTION", "-7 days"),
+    ("SLUICE_OUTCOME_RETENTION", "1.5 days"), ("SLUICE_OUTCOMES_PUBLICATION", "Power-Sync"),
+    ("SLUICE_OUTCOMES_PUBLICATION", "sluice"),
   ])
   func malformedVariableIsNamed(_ variable: String, _ value: String) {
     var environment = url
@@ -70,6 +81,18 @@ import Testing
     } catch {
       #expect(error.variable == variable)
       #expect(error.description.contains(variable))
+    }
+  }
+
+  @Test func intervalsReadAsPostgresWritesThem() {
+    #expect(Configuration.intervalSeconds("7 days") == 7 * 86_400)
+    #expect(Configuration.intervalSeconds("7days") == 7 * 86_400)
+    #expect(Configuration.intervalSeconds("1 day 2 hours 3 minutes 4 seconds") == 86_400 + 7200 + 180 + 4)
+    #expect(Configuration.intervalSeconds("90 MIN") == 5400)
+    #expect(Configuration.intervalSeconds("2 weeks") == 14 * 86_400)
+    #expect(Configuration.intervalSeconds("1 year") == 365 * 86_400)
+    for bad in ["", "days", "7", "7 days 3", "1e3 days", "7 dayz", "-1 day", "99999999999 years"] {
+      #expect(Configuration.intervalSeconds(bad) == nil, "\(bad)")
     }
   }
 

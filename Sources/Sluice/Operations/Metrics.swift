@@ -25,6 +25,8 @@ public final class DaemonMetrics: Sendable {
   private let outboxPending: Prometheus.Gauge
   private let outboxDead: Prometheus.Gauge
   private let outboxOldestPending: Prometheus.Gauge
+  private let outcomesDeleted: Prometheus.Counter
+  private let outcomesWaiting: Prometheus.Gauge
   /// The last lag figure, for `STATUS=` (a gauge cannot be read back).
   private let lastLagBytes = Atomic<Int>(0)
 
@@ -82,6 +84,12 @@ public final class DaemonMetrics: Sendable {
       descriptor: Self.name("outbox_dead", "", "Webhook deliveries that are dead (refreshed every 10 s)."))
     outboxOldestPending = registry.makeGauge(
       descriptor: Self.name("outbox_oldest_pending", "seconds", "Age of the oldest pending webhook delivery."))
+    outcomesDeleted = registry.makeCounter(
+      descriptor: Self.name(
+        "outcomes_deleted_rows", "total", "Outcome rows deleted by retention (older than SLUICE_OUTCOME_RETENTION)."))
+    outcomesWaiting = registry.makeGauge(
+      descriptor: Self.name(
+        "outcomes_retention_backlog", "rows", "Outcome rows old enough to delete, counted after each retention pass."))
   }
 
   /// One committed batch: its ledger rows by type label and status, and
@@ -142,6 +150,9 @@ public final class DaemonMetrics: Sendable {
   func retained(source: String, rows: Int) {
     registry.makeCounter(descriptor: Self.retention, labels: [("source", source)]).increment(by: Int64(rows))
   }
+
+  func outcomesExpired(deleted: Int) { outcomesDeleted.increment(by: Int64(deleted)) }
+  func setOutcomesWaiting(_ rows: Int) { outcomesWaiting.set(Int64(rows)) }
 
   func reconnected() { reconnects.increment() }
   func setStreaming(_ on: Bool) { streaming.set(to: on ? 1 : 0) }

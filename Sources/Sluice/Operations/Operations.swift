@@ -22,7 +22,8 @@ public struct Operations {
   public func migrate() throws -> [String] {
     let connection = try connect()
     defer { connection.close() }
-    return try Migrator.migrate(connection, publication: configuration.publication)
+    return try Migrator.migrate(
+      connection, publication: configuration.publication, outcomesPublication: configuration.outcomesPublication)
   }
 
   public struct DeadEvent: Sendable {
@@ -123,7 +124,7 @@ public struct Operations {
     var backoff = Backoff(baseMilliseconds: 100, capMilliseconds: 5000)
     for attempt in 1...configuration.maxAttempts {
       let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries in
-        entries.map { Self.resolve(dead, $0.status, $0.reason, attempts: attempt) }
+        entries.map { resolve(dead, $0.status, $0.reason, attempts: attempt) }
       }
       switch outcome {
       case .committed(let entries), .sent(let entries):
@@ -132,7 +133,7 @@ public struct Operations {
         logger.warning(
           "retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
         if attempt == configuration.maxAttempts {
-          let stillDead = Self.resolve(dead, .dead, error, attempts: attempt)
+          let stillDead = resolve(dead, .dead, error, attempts: attempt)
           try connection.query(stillDead.sql, stillDead.parameters)
           return (.dead, error)
         }
@@ -142,14 +143,20 @@ public struct Operations {
     return (.dead, nil)
   }
 
-  /// The dead row's new outcome; the record is kept only while it stays dead.
-  private static func resolve(_ dead: DeadEvent, _ status: EventStatus, _ reason: String?, attempts: Int) -> Statement {
+  /// What `dlq` does to outcomes: with outcomes on, the event's outcome
+  /// is written (also when retention or an earlier `off` left none); off,
+  /// an outcome written while they were on still follows its ledger row.
+  private var outcomes: Outcomes.Mode { Outcomes.Mode(configuration.outcomes, else: .followExisting) }
+
+  /// The dead row's new status, and its outcome's; the record is kept only while it stays dead.
+  private func resolve(_ dead: DeadEvent, _ status: EventStatus, _ reason: String?, attempts: Int) -> Statement {
     Statement(
-      sql: """
+      sql: Outcomes.with(
+        """
         UPDATE sluice.event_log SET status = $3, reason = $4, attempts = attempts + $5, processed_at = clock_timestamp(),
           event = CASE WHEN $3 = 'dead' THEN event END
         WHERE source = $1 AND event_id = $2 AND status = 'dead'
-        """, parameters: [dead.source, dead.eventID, status.rawValue, reason, String(attempts)])
+        """, outcomes), parameters: [dead.source, dead.eventID, status.rawValue, reason, String(attempts)])
   }
 
   /// Marks a dead event as handled without running it: status `rejected`,
@@ -162,13 +169,15 @@ public struct Operations {
     for dead in targets {
       // Never lands under a retry's handler writes.
       discarded += try Self.holdingLock(of: dead, on: connection) {
-        try connection.query(
-          """
-          UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
-            reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
-          WHERE status = 'dead' AND source = $1 AND event_id = $2
-          """, [dead.source, dead.eventID]
-        ).affectedRows
+        Int(
+          try connection.query(
+            Outcomes.with(
+              """
+              UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
+                reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
+              WHERE status = 'dead' AND source = $1 AND event_id = $2
+              """, outcomes), [dead.source, dead.eventID]
+          ).scalar ?? "") ?? 0
       }
     }
     return discarded
@@ -192,6 +201,7 @@ public struct Operations {
       slot: configuration.slot, logger: logger)
     processor.sealed = try LedgerPartitions.load(on: connection)
     processor.checksSealedPartitions = true
+    processor.outcomes = configuration.outcomes
     try reader.simpleQuery("BEGIN")
     let copy = try Backfill.copy(source: source, reader: reader)
     try reader.simpleQuery("COMMIT")

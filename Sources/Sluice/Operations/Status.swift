@@ -19,6 +19,14 @@ public struct StatusReport: Sendable {
   public var retentionWaiting: [Retention.Outcome]
   /// The ledger on disk (SPEC 11).
   public var ledger: LedgerPartitions.Size
+  /// Outcomes (SPEC 12): whether this configuration writes them, and the
+  /// rows old enough for retention to delete (it runs on the slot's holder).
+  public var outcomes: OutcomeSummary
+  public struct OutcomeSummary: Sendable {
+    public var on: Bool
+    public var retentionSeconds: Int
+    public var waiting: Int
+  }
 
   /// Webhook deliveries (SPEC section 9).
   public struct Outbox: Sendable {
@@ -66,6 +74,12 @@ public struct StatusReport: Sendable {
     writer.key("retention_waiting")
     writer.object(retentionWaiting.map { ($0.relation, .int(Int64($0.rows))) })
     writer.raw(",")
+    writer.key("outcomes")
+    writer.object([
+      ("on", .bool(outcomes.on)), ("retention_seconds", .int(Int64(outcomes.retentionSeconds))),
+      ("retention_waiting", .int(Int64(outcomes.waiting))),
+    ])
+    writer.raw(",")
     writer.key("ledger")
     writer.object([
       ("partitions", .int(Int64(ledger.partitions))), ("events", .int(Int64(ledger.events))),
@@ -99,6 +113,9 @@ public struct StatusReport: Sendable {
     for source in retentionWaiting {
       lines.append("retention  \(source.relation): \(source.rows) processed rows waiting to be deleted")
     }
+    lines.append(
+      "outcomes   \(outcomes.on ? "on" : "off"), \(outcomes.waiting) rows older than \(outcomes.retentionSeconds) s waiting to be deleted"
+    )
     lines.append(
       "ledger     \(ledger.events) events in \(ledger.partitions) partitions, \(ledger.bytes) bytes on disk"
         + (ledger.bytesPerEvent.map { " (\(Int($0.rounded())) bytes per event)" } ?? ""))
@@ -138,7 +155,10 @@ extension Operations {
       dead: try deadEvents(), outbox: try Self.outboxSummary(connection),
       retentionWaiting: try Retention.waiting(
         connection, slot: configuration.slot, publication: configuration.publication),
-      ledger: try LedgerPartitions.size(on: connection, events: counts.values.reduce(0, +)))
+      ledger: try LedgerPartitions.size(on: connection, events: counts.values.reduce(0, +)),
+      outcomes: StatusReport.OutcomeSummary(
+        on: configuration.outcomes, retentionSeconds: configuration.outcomeRetentionSeconds,
+        waiting: try Outcomes.waiting(retentionSeconds: configuration.outcomeRetentionSeconds, on: connection)))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may
@@ -197,6 +217,8 @@ extension Operations {
     public var what: String
     /// How to fix it, when not ok.
     public var fix: String?
+    /// Not ok, but `run` works: worth a look, not a failure of `check`.
+    public var warning = false
   }
 
   /// `sluice check`: everything `run` needs, each with how to fix it.
@@ -271,6 +293,7 @@ extension Operations {
       findings.append(
         Finding(ok: false, what: "read the configuration tables' privileges: \(error)", fix: "run `sluice migrate`"))
     }
+    if configuration.outcomes { findings += checkOutcomes(connection) }
     probe("publication \(configuration.publication) exists", "run `sluice migrate` (or `sluice run`, which creates it)")
     {
       try !connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [configuration.publication]).rows.isEmpty
@@ -315,6 +338,44 @@ extension Operations {
       }
     } catch {
       findings.append(Finding(ok: false, what: "read pg_replication_slots: \(error)", fix: "grant the role pg_monitor"))
+    }
+    return findings
+  }
+
+  /// With outcomes on: that no client role can read other actors' outcomes
+  /// (warnings: the sync layer's role may need to, and filter itself), and
+  /// that the outcomes publication, if named, carries the table.
+  private func checkOutcomes(_ connection: PGConnection) -> [Finding] {
+    var findings: [Finding] = []
+    do {
+      let readers = try Outcomes.readersOfOthers(on: connection)
+      if readers.isEmpty {
+        findings.append(
+          Finding(ok: true, what: "outcomes: each role but the owner and superusers reads only its actor's rows"))
+      }
+      for reader in readers {
+        findings.append(
+          Finding(
+            ok: false, what: "outcomes: \(reader)",
+            fix:
+              "keep row-level security on sluice.outcomes with only policy outcomes_own_actor for clients; a sync layer's role may read all rows only if its own rules give each user theirs (README \"Outcomes the client can see\")",
+            warning: true))
+      }
+    } catch {
+      findings.append(Finding(ok: false, what: "outcomes: read their privileges: \(error)", fix: "run `sluice migrate`"))
+    }
+    if let publication = configuration.outcomesPublication {
+      let published =
+        (try? connection.query(
+          "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'sluice' AND tablename = 'outcomes'",
+          [publication]
+        ).rows.isEmpty == false) ?? false
+      findings.append(
+        Finding(
+          ok: published, what: "outcomes are in publication \(publication)",
+          fix:
+            "run `sluice migrate` (or `sluice run`) with SLUICE_OUTCOMES_PUBLICATION set, as a role that owns the publication and sluice.outcomes"
+        ))
     }
     return findings
   }

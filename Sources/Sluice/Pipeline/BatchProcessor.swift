@@ -43,6 +43,8 @@ public final class BatchProcessor {
   /// may be sealed between its lookups and its inserts, so each transaction
   /// that writes ledger rows checks the sealed partitions too.
   var checksSealedPartitions = false
+  /// `SLUICE_OUTCOMES`: every ledger row with an actor gets its outcome, in the same statement.
+  var outcomes = false
   /// Events in the hot ledger partition: counted when the session starts,
   /// then raised by every batch that commits (the daemon seals it when full).
   var hotEvents = 0
@@ -434,7 +436,8 @@ public final class BatchProcessor {
       try transaction(
         [
           Ledger.minimalDead(
-            entry.event, reason: "the ledger row could not be written: \(error)", attempts: entry.attempts),
+            entry.event, reason: "the ledger row could not be written: \(error)", attempts: entry.attempts,
+            outcomes: Outcomes.Mode(outcomes)),
           Ledger.endAttempts(entry.event),
         ] + [state].compactMap { $0 })
     }
@@ -466,7 +469,7 @@ public final class BatchProcessor {
   /// The statements that write these ledger rows.
   private func ledgerWrites(_ entries: [LedgerEntry]) -> [Statement] {
     guard !entries.isEmpty else { return [] }
-    return [Ledger.insert(entries)] + (checksSealedPartitions ? [Ledger.checkSealed(entries)] : [])
+    return [Ledger.insert(entries, outcomes: Outcomes.Mode(outcomes))] + (checksSealedPartitions ? [Ledger.checkSealed(entries)] : [])
   }
 
   private func record(_ entries: [LedgerEntry], since started: ContinuousClock.Instant) {

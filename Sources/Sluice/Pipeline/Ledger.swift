@@ -103,10 +103,12 @@ enum Ledger {
   /// All these ledger rows in one statement. Values over the limits are not
   /// stored, an over-long id is stored as its digest (`sluice.ledger_id`),
   /// rows that could not become events store no dedupe key, and a dead
-  /// event stores its record for `dlq retry`.
-  static func insert(_ entries: [LedgerEntry]) -> Statement {
+  /// event stores its record for `dlq retry`. With outcomes on, the same
+  /// statement writes each event's outcome (`Outcomes.with`).
+  static func insert(_ entries: [LedgerEntry], outcomes: Outcomes.Mode = .off) -> Statement {
     Statement(
-      sql: """
+      sql: Outcomes.with(
+        """
         INSERT INTO sluice.event_log
           (part, source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event)
         SELECT (SELECT sluice.ledger_hot_part()), source, \(ledgerID("event_id", "synthetic")), event_type, actor,
@@ -115,7 +117,7 @@ enum Ledger {
                     $8::int[], $9::pg_lsn[], $10::timestamptz[], $11::jsonb[], $12::bool[])
           AS k(source, event_id, event_type, actor, dedupe_key, status, reason, attempts, commit_lsn, committed_at, event,
                synthetic)
-        """,
+        """, outcomes),
       parameters: columns(entries).map(\.literal), writesLedger: true)
   }
 
@@ -169,16 +171,18 @@ enum Ledger {
   }
 
   /// The last resort when an event's ledger row itself cannot be written:
-  /// only what always fits (source, digest-safe id, status, reason).
-  static func minimalDead(_ event: Event, reason: String, attempts: Int) -> Statement {
+  /// only what always fits (source, digest-safe id, status, reason; the
+  /// type and actor, which the outcome needs, only where storable).
+  static func minimalDead(_ event: Event, reason: String, attempts: Int, outcomes: Outcomes.Mode = .off) -> Statement {
     Statement(
-      sql: """
-        INSERT INTO sluice.event_log (source, event_id, status, reason, attempts, commit_lsn)
-        VALUES ($1, \(ledgerID("$2", "$6")), 'dead', $3, $4, $5::pg_lsn)
-        """,
+      sql: Outcomes.with(
+        """
+        INSERT INTO sluice.event_log (source, event_id, event_type, actor, status, reason, attempts, commit_lsn)
+        VALUES ($1, \(ledgerID("$2", "$6")), $7, $8, 'dead', $3, $4, $5::pg_lsn)
+        """, outcomes),
       parameters: [
         event.source, event.id, String(decoding: reason.utf8.prefix(4096), as: UTF8.self), String(attempts),
-        event.commitLSN?.description, flag(event),
+        event.commitLSN?.description, flag(event), EventLimits.storable(event.type), EventLimits.storable(event.actor),
       ], writesLedger: true)
   }
 

@@ -330,7 +330,16 @@ extension Operations {
     defer { connection.close() }
     // As the daemon's passes: a lock held elsewhere stops a source's walk (it says so), never the command.
     try connection.simpleQuery("SET lock_timeout = '5s'")
-    return try Retention.pass(
+    var passes = try Retention.pass(
       connection, slot: configuration.slot, publication: configuration.publication, dryRun: dryRun)
+    // Outcomes (SPEC section 12), listed when they are on or some are old enough to go.
+    let started = ContinuousClock.now
+    let expired = try Outcomes.deleteExpired(
+      retentionSeconds: configuration.outcomeRetentionSeconds, on: connection, dryRun: dryRun)
+    if configuration.outcomes || expired > 0 {
+      passes.append(
+        Retention.Outcome(relation: "sluice.outcomes", rows: expired, seconds: started.duration(to: .now).inSeconds))
+    }
+    return passes
   }
 }

@@ -12,6 +12,7 @@ final class RetentionWorker: @unchecked Sendable {
   private let slot: String
   private let publication: String
   private let intervalSeconds: Int
+  private let outcomeRetentionSeconds: Int
   private let logger: Logger
   private let metrics: DaemonMetrics
   private let stop = StopSignal()
@@ -22,12 +23,14 @@ final class RetentionWorker: @unchecked Sendable {
   static let maxRowsPerSecond = 20_500
 
   init(
-    conninfo: String, slot: String, publication: String, intervalSeconds: Int, logger: Logger, metrics: DaemonMetrics
+    conninfo: String, slot: String, publication: String, intervalSeconds: Int, outcomeRetentionSeconds: Int,
+    logger: Logger, metrics: DaemonMetrics
   ) {
     self.conninfo = conninfo
     self.slot = slot
     self.publication = publication
     self.intervalSeconds = intervalSeconds
+    self.outcomeRetentionSeconds = outcomeRetentionSeconds
     self.logger = logger
     self.metrics = metrics
   }
@@ -53,14 +56,14 @@ final class RetentionWorker: @unchecked Sendable {
         defer { connection.close() }
         // A lock held by someone else must not stall the pass (nor the daemon's stop) for long.
         try connection.simpleQuery("SET lock_timeout = '5s'; SET statement_timeout = '60s'")
-        let outcomes = try Retention.pass(
+        let passes = try Retention.pass(
           connection, slot: slot, publication: publication, dryRun: false, stop: { stop.isSet }
         ) {
           rows, seconds in
           let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - seconds
           if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
         }
-        for outcome in outcomes {
+        for outcome in passes {
           metrics.retained(source: outcome.relation, rows: outcome.rows)
           if let kept = outcome.kept {
             logger.warning(
@@ -75,9 +78,29 @@ final class RetentionWorker: @unchecked Sendable {
               ])
           }
         }
+        try expireOutcomes(connection)
       } catch {
         logger.warning("retention pass failed; trying again next interval", metadata: ["error": "\(error)"])
       }
+    }
+  }
+
+  /// Outcomes older than `SLUICE_OUTCOME_RETENTION` go (SPEC section 12),
+  /// paced like source rows; then the gauge says how many are still waiting.
+  private func expireOutcomes(_ connection: PGConnection) throws {
+    let started = ContinuousClock.now
+    let deleted = try Outcomes.deleteExpired(
+      retentionSeconds: outcomeRetentionSeconds, on: connection, dryRun: false, stop: { stop.isSet }
+    ) { rows in
+      let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - started.duration(to: .now).inSeconds
+      if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
+    }
+    metrics.outcomesExpired(deleted: deleted)
+    metrics.setOutcomesWaiting(try Outcomes.waiting(retentionSeconds: outcomeRetentionSeconds, on: connection))
+    if deleted > 0 {
+      logger.info(
+        "retention deleted old outcomes",
+        metadata: ["rows": "\(deleted)", "seconds": "\(String(format: "%.3f", started.duration(to: .now).inSeconds))"])
     }
   }
 }

@@ -24,6 +24,12 @@ public struct Configuration: Sendable, Equatable {
   /// Events per ledger partition: the hot one is sealed and a new one
   /// opened when it holds this many (README "The ledger's storage").
   public var ledgerPartitionEvents: Int = 1_000_000
+  /// Whether each event's outcome is written to `sluice.outcomes` for its
+  /// actor to read (SPEC section 12), how long an outcome is kept (seconds),
+  /// and the publication that carries the table to a sync layer (nil: none).
+  public var outcomes = false
+  public var outcomeRetentionSeconds: Int = 7 * 86_400
+  public var outcomesPublication: String?
   /// nil when metrics are `off`.
   public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9464)
   public var logLevel: LogLevel = .info
@@ -74,6 +80,29 @@ public struct Configuration: Sendable, Equatable {
     if let events = try integer("SLUICE_LEDGER_PARTITION_EVENTS", 100...1_000_000_000) {
       ledgerPartitionEvents = events
     }
+    if let flag = try value("SLUICE_OUTCOMES") {
+      switch flag.lowercased() {
+      case "on", "true", "yes", "1": outcomes = true
+      case "off", "false", "no", "0": outcomes = false
+      default: throw ConfigurationError(variable: "SLUICE_OUTCOMES", message: "must be on or off, got '\(flag)'")
+      }
+    }
+    if let text = try value("SLUICE_OUTCOME_RETENTION") {
+      guard let seconds = Self.intervalSeconds(text), (60...(100 * 365 * 86_400)).contains(seconds) else {
+        throw ConfigurationError(
+          variable: "SLUICE_OUTCOME_RETENTION",
+          message: "must be an interval from 1 minute to 100 years, such as '7 days' or '12 hours', got '\(text)'")
+      }
+      outcomeRetentionSeconds = seconds
+    }
+    if let name = try identifier("SLUICE_OUTCOMES_PUBLICATION") {
+      guard name != publication else {
+        throw ConfigurationError(
+          variable: "SLUICE_OUTCOMES_PUBLICATION",
+          message: "must differ from SLUICE_PUBLICATION ('\(name)'): the daemon would stream its own outcomes")
+      }
+      outcomesPublication = name
+    }
     if let address = try value("SLUICE_METRICS_ADDR") {
       if address == "off" {
         metricsAddress = nil
@@ -102,6 +131,42 @@ public struct Configuration: Sendable, Equatable {
       }
       logFormat = parsed
     }
+  }
+
+  /// Seconds in an interval written as Postgres writes simple ones: one or
+  /// more "number unit" pairs ("7 days", "1 day 12 hours", "90 minutes",
+  /// "30s"); units from seconds to years (a month is 30 days, a year 365).
+  /// nil when it is not such an interval.
+  public static func intervalSeconds(_ text: String) -> Int? {
+    let units: [(names: [String], seconds: Int)] = [
+      (["s", "sec", "secs", "second", "seconds"], 1), (["min", "mins", "minute", "minutes"], 60),
+      (["h", "hour", "hours"], 3600), (["d", "day", "days"], 86_400), (["w", "week", "weeks"], 7 * 86_400),
+      (["mon", "month", "months"], 30 * 86_400), (["y", "year", "years"], 365 * 86_400),
+    ]
+    // "7days" and "7 days" alike: split digits from letters, then pair them.
+    var tokens: [String] = []
+    for character in text.lowercased() {
+      if character.isWhitespace {
+        tokens.append("")
+        continue
+      }
+      let isDigit = character.isASCII && character.isNumber
+      if let last = tokens.last?.last, !last.isWhitespace, (last.isASCII && last.isNumber) == isDigit {
+        tokens[tokens.count - 1].append(character)
+      } else {
+        tokens.append(String(character))
+      }
+    }
+    tokens.removeAll { $0.isEmpty }
+    guard !tokens.isEmpty, tokens.count % 2 == 0 else { return nil }
+    var total = 0
+    for pair in stride(from: 0, to: tokens.count, by: 2) {
+      guard tokens[pair].count <= 9, let number = Int(tokens[pair]),
+        let unit = units.first(where: { $0.names.contains(tokens[pair + 1]) })
+      else { return nil }
+      total += number * unit.seconds
+    }
+    return total
   }
 
   /// A lower-case SQL identifier Postgres accepts unquoted (slot names must be such).
