@@ -167,7 +167,8 @@ extension Operations {
   /// count too). The rule tables (sources, rules, roles, handlers,
   /// endpoints) are the whole security boundary; the daemon's own tables
   /// (ledger, mirror, state) decide what counts as processed, so there only
-  /// replication roles (the daemon's) may write as well.
+  /// replication roles (the daemon's) may write as well. Outcomes are
+  /// neither: no one but the owner may write them whatever the grants.
   static func configurationWriters(_ connection: PGConnection) throws -> [(
     table: String, role: String, privileges: String
   )] {
@@ -177,7 +178,8 @@ extension Operations {
         SELECT c.oid, c.relowner, n.nspname || '.' || c.relname AS name,
                c.relname IN ('sources', 'permission_rules', 'actor_roles', 'handlers', 'endpoints') AS rules
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'sluice' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'),
+        -- Outcomes decide nothing, and row-level security guards their writes (Outcomes.readersOfOthers).
+        WHERE n.nspname = 'sluice' AND c.relkind IN ('r', 'p') AND c.relname NOT IN ('schema_migrations', 'outcomes')),
       grantees AS (
         SELECT oid, rolname, rolsuper, rolreplication FROM pg_roles
         UNION ALL SELECT 0, 'PUBLIC', false, false)
@@ -362,7 +364,8 @@ extension Operations {
             warning: true))
       }
     } catch {
-      findings.append(Finding(ok: false, what: "outcomes: read their privileges: \(error)", fix: "run `sluice migrate`"))
+      findings.append(
+        Finding(ok: false, what: "outcomes: read their privileges: \(error)", fix: "run `sluice migrate`"))
     }
     if let publication = configuration.outcomesPublication {
       let published =

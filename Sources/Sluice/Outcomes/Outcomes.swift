@@ -29,7 +29,8 @@ enum Outcomes {
     let written = """
       WITH l AS (
       \(ledgerWrite)
-        RETURNING source, event_id, event_type, actor, status, sluice.outcome_reason(reason) AS reason, commit_lsn)
+        RETURNING source, event_id, event_type, actor, status, sluice.outcome_reason(reason) AS reason, commit_lsn,
+          processed_at)
       """
     switch mode {
     case .off:
@@ -37,8 +38,8 @@ enum Outcomes {
     case .write:
       return """
         \(written), o AS (
-          INSERT INTO sluice.outcomes AS o (source, event_id, actor, event_type, status, reason, commit_lsn)
-          SELECT source, event_id, actor, event_type, status, reason, commit_lsn FROM l WHERE actor <> ''
+          INSERT INTO sluice.outcomes AS o (source, event_id, actor, event_type, status, reason, commit_lsn, processed_at)
+          SELECT source, event_id, actor, event_type, status, reason, commit_lsn, processed_at FROM l WHERE actor <> ''
           ON CONFLICT (source, event_id) DO UPDATE SET
             actor = EXCLUDED.actor, event_type = EXCLUDED.event_type, status = EXCLUDED.status,
             reason = EXCLUDED.reason, commit_lsn = EXCLUDED.commit_lsn, processed_at = EXCLUDED.processed_at)
@@ -47,7 +48,7 @@ enum Outcomes {
     case .followExisting:
       return """
         \(written), o AS (
-          UPDATE sluice.outcomes o SET status = l.status, reason = l.reason, processed_at = now()
+          UPDATE sluice.outcomes o SET status = l.status, reason = l.reason, processed_at = l.processed_at
           FROM l WHERE o.source = l.source AND o.event_id = l.event_id)
         SELECT count(*) FROM l
         """
@@ -135,7 +136,7 @@ enum Outcomes {
       SELECT r.rolname, CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' ELSE 'a member of the table''s owner' END
       FROM pg_roles r, pg_class c
       WHERE c.oid = 'sluice.outcomes'::regclass AND r.rolname NOT LIKE 'pg\\_%'
-        AND NOT r.rolsuper AND r.oid <> c.relowner AND NOT pg_has_role(current_user, r.oid, 'USAGE')
+        AND NOT r.rolsuper AND r.oid <> c.relowner AND r.rolname <> current_user
         AND has_table_privilege(r.oid, c.oid, 'SELECT')
         AND (r.rolbypassrls OR pg_has_role(r.oid, c.relowner, 'USAGE'))
       ORDER BY r.rolname

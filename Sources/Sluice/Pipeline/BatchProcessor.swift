@@ -469,7 +469,8 @@ public final class BatchProcessor {
   /// The statements that write these ledger rows.
   private func ledgerWrites(_ entries: [LedgerEntry]) -> [Statement] {
     guard !entries.isEmpty else { return [] }
-    return [Ledger.insert(entries, outcomes: Outcomes.Mode(outcomes))] + (checksSealedPartitions ? [Ledger.checkSealed(entries)] : [])
+    return [Ledger.insert(entries, outcomes: Outcomes.Mode(outcomes))]
+      + (checksSealedPartitions ? [Ledger.checkSealed(entries)] : [])
   }
 
   private func record(_ entries: [LedgerEntry], since started: ContinuousClock.Instant) {
