@@ -48,10 +48,14 @@ import Testing
     }
   }
 
-  /// The examples' daemon runs as the least-privileged role of sql/roles.sql.
+  /// The examples' daemon runs as the least-privileged role of sql/roles.sql, with outcomes on.
   func startExamplesDaemon(_ db: TestDatabase) throws -> ChildProcess {
     let daemon = try startDaemon(
-      db, ["SLUICE_DATABASE_URL": db.url.replacingOccurrences(of: "//postgres@", with: "//sluice_daemon@")],
+      db,
+      [
+        "SLUICE_DATABASE_URL": db.url.replacingOccurrences(of: "//postgres@", with: "//sluice_daemon@"),
+        "SLUICE_OUTCOMES": "on",
+      ],
       binary: "sluice-examples")
     #expect(daemon.standardError.contains("database=postgresql://sluice_daemon@"))
     return daemon
@@ -70,6 +74,46 @@ import Testing
   func outcome(_ db: TestDatabase, _ n: Int) throws -> String {
     let row = try db.sql("SELECT status, reason FROM sluice.event_log WHERE event_id = $1", [uuid(n)]).rows.first
     return [row?[0], row?[1]].compactMap { $0 ?? nil }.joined(separator: ": ")
+  }
+
+  /// What `actor`'s app reads, by event id: their outcomes, through
+  /// row-level security as a client role (as scripts/demo shows them), an
+  /// order as its shop status.
+  func seen(_ db: TestDatabase, _ actor: String) throws -> [String: String] {
+    let role = OutcomeTests.role(db, "client")
+    if try db.scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1", [role]) == "0" {
+      try db.sql(
+        """
+        CREATE ROLE \(role);
+        GRANT USAGE ON SCHEMA sluice, shop TO \(role);
+        GRANT SELECT ON sluice.outcomes, shop.order_status TO \(role);
+        """)
+    }
+    try db.sql("SET ROLE \(role)")
+    defer { _ = try? db.sql("RESET ROLE; RESET sluice.actor") }
+    try db.sql("SELECT set_config('sluice.actor', $1, false)", [actor])
+    var seen: [String: String] = [:]
+    for row in try db.sql(
+      """
+      SELECT o.event_id,
+             CASE WHEN s.status IS NOT NULL THEN s.status || coalesce(': ' || replace(s.reason, '_', ' '), '')
+                  ELSE o.status || coalesce(': ' || o.reason, '') END
+      FROM sluice.outcomes o LEFT JOIN shop.order_status s ON o.source = 'shop.orders' AND s.order_id::text = o.event_id
+      """
+    ).rows {
+      seen[row[0] ?? ""] = row[1] ?? ""
+    }
+    return seen
+  }
+
+  /// Every event with an actor has its outcome, with the ledger's status.
+  func outcomesMatchTheLedger(_ db: TestDatabase) throws {
+    #expect(
+      try db.scalar(
+        """
+        SELECT count(*) FROM sluice.event_log l FULL JOIN sluice.outcomes o USING (source, event_id)
+        WHERE (l.actor <> '' OR o.event_id IS NOT NULL) AND o.status IS DISTINCT FROM l.status
+        """) == "0")
   }
 
   func waitForLedger(_ db: TestDatabase, _ count: Int) throws {
@@ -159,6 +203,19 @@ import Testing
         ["ann", "820", "1"], ["ben", "820", "1"], ["cat", "820", "1"],
       ])
     #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead'") == "0")
+
+    // Each player's app shows them their own outcomes, with the reasons.
+    try outcomesMatchTheLedger(db)
+    let ben = try seen(db, "ben")
+    #expect(ben[uuid(3)] == "rejected: cannot undo another user's action")
+    #expect(ben.count == 41, "ben's 40 awards and his undo: \(ben.count)")
+    let ann = try seen(db, "ann")
+    #expect(ann[uuid(3)] == nil)
+    #expect(ann[uuid(5)] == "rejected: action already undone")
+    #expect(ann[uuid(2)]?.hasPrefix("duplicate: dedupe key 'daily-bonus'") == true)
+    #expect(
+      try seen(db, "dan") == [uuid(11): "denied: event type 'award_xp' denied for actor 'dan': needs role player"])
+    #expect(try seen(db, "") == [:], "an empty actor has no outcomes")
   }
 
   @Test func levelFollowsXP() throws {
@@ -237,5 +294,16 @@ import Testing
     #expect(try outcome(db, 23) == "rejected: bad_quantity")
     #expect(try outcome(db, 24) == "rejected: bad_quantity")
     #expect(try db.sql("SELECT id, stock FROM shop.products ORDER BY id").rows == [["lamp", "1"], ["mug", "7"]])
+
+    // Each customer's app shows their orders' fate.
+    try outcomesMatchTheLedger(db)
+    let cus1 = try seen(db, "cus1")
+    #expect(cus1[uuid(1)] == "placed")
+    #expect(cus1[uuid(3)] == "declined: out of stock")
+    #expect(cus1[uuid(5)] == "declined: unknown product")
+    #expect(cus1[uuid(6)] == "rejected: bad_quantity")
+    #expect(cus1[uuid(21)]?.hasPrefix("denied: event type 'restock'") == true)
+    #expect(cus1[uuid(2)] == nil, "another customer's order")
+    #expect(try seen(db, "cus2")[uuid(4)] == "declined: out of stock")
   }
 }
