@@ -100,7 +100,10 @@ let package = Package(
         "Sluice", "SluicePostgres", "SluiceCore", "SluiceExamples", "SluiceHTTP",
         .product(name: "Metrics", package: "swift-metrics"),
       ],
-      exclude: ["ReadmeExamples/add_handler.sql", "ReadmeExamples/edge_function.sql", "ReadmeExamples/receiver.py"],
+      exclude: [
+        "ReadmeExamples/add_handler.sql", "ReadmeExamples/edge_function.sql", "ReadmeExamples/receiver.py",
+        "ReadmeExamples/outcomes_api.sql", "ReadmeExamples/outcomes_electric.txt", "ReadmeExamples/outcomes_powersync.yaml",
+      ],
       swiftSettings: upcoming
     ),
   ]

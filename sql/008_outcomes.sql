@@ -8,10 +8,12 @@
 -- Clients never read the ledger (it holds every user's events); this table
 -- holds only what an actor may see of their own events, and only for
 -- SLUICE_OUTCOME_RETENTION (default 7 days).
+-- Identities compare byte-wise (COLLATE "C"), as everywhere in Sluice, and
+-- their index comparisons are a memcmp.
 CREATE TABLE sluice.outcomes (
-  source text NOT NULL,            -- 'schema.table' of the action row
-  event_id text NOT NULL,          -- the ledger's event_id (an over-long id is its digest)
-  actor text NOT NULL,
+  source text COLLATE "C" NOT NULL,    -- 'schema.table' of the action row
+  event_id text COLLATE "C" NOT NULL,  -- the ledger's event_id (an over-long id is its digest)
+  actor text COLLATE "C" NOT NULL,
   event_type text,
   status text NOT NULL CHECK (status IN ('applied', 'rejected', 'denied', 'duplicate', 'dead')),
   reason text,                     -- the ledger's, at most 1,024 bytes
@@ -19,10 +21,13 @@ CREATE TABLE sluice.outcomes (
   processed_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (source, event_id)
 );
--- Retention deletes the oldest first.
-CREATE INDEX outcomes_processed ON sluice.outcomes (processed_at);
--- An API serving one actor's outcomes (the policy below adds actor = …).
-CREATE INDEX outcomes_actor ON sluice.outcomes (actor, processed_at);
+-- Retention deletes the oldest first; dead outcomes stay until resolved, so
+-- they are not in it (a pass never reads them again). Each index costs every
+-- event its insert: the table has no index on actor, which a sync layer does
+-- not need (it filters the replication stream). An API that reads one
+-- actor's outcomes at a time wants one: README "Outcomes the client can
+-- see" gives it, with what it costs the drain rate.
+CREATE INDEX outcomes_processed ON sluice.outcomes (processed_at) WHERE status <> 'dead';
 
 -- Every role but the table's owner (and roles that bypass row-level
 -- security) sees only the rows of the actor its session names:

@@ -107,6 +107,12 @@ public final class Daemon: @unchecked Sendable {
     }
     try Migrator.ensurePublication(sql, configuration.publication)
     if let outcomes = configuration.outcomesPublication { try Migrator.ensureOutcomesPublication(sql, outcomes) }
+    if configuration.outcomes, let why = Outcomes.cannotWrite(on: sql) {
+      // Before any event: every ledger write would fail, and none of them is to blame.
+      throw StartupError(
+        "SLUICE_OUTCOMES=on, but this role cannot write sluice.outcomes (\(why)): run sql/roles.sql again as the owner, or set SLUICE_OUTCOMES=off"
+      )
+    }
     if try sql.query("SELECT pg_is_in_recovery()").scalar == "t" {
       // A standby (a multi-host URL, or before a failover completes): its slots
       // cannot be written, and one being synchronized must not be dropped. Wait.
@@ -131,7 +137,7 @@ public final class Daemon: @unchecked Sendable {
       ? RetentionWorker(
         conninfo: url, slot: configuration.slot, publication: configuration.publication,
         intervalSeconds: configuration.retentionIntervalSeconds,
-        outcomeRetentionSeconds: configuration.outcomeRetentionSeconds,
+        outcomes: configuration.outcomes, outcomeRetentionSeconds: configuration.outcomeRetentionSeconds,
         logger: logger, metrics: metrics) : nil
     retention?.start()
     defer { retention?.stopAndWait() }

@@ -91,7 +91,8 @@ import Testing
     #expect(Configuration.intervalSeconds("90 MIN") == 5400)
     #expect(Configuration.intervalSeconds("2 weeks") == 14 * 86_400)
     #expect(Configuration.intervalSeconds("1 year") == 365 * 86_400)
-    for bad in ["", "days", "7", "7 days 3", "1e3 days", "7 dayz", "-1 day", "99999999999 years"] {
+    let overflowing = Array(repeating: "999999999 years", count: 40_000).joined(separator: " ")
+    for bad in ["", "days", "7", "7 days 3", "1e3 days", "7 dayz", "-1 day", "99999999999 years", overflowing] {
       #expect(Configuration.intervalSeconds(bad) == nil, "\(bad)")
     }
   }

@@ -105,6 +105,28 @@ import Testing
         """) == "9")
   }
 
+  /// An outcome row written by hand for an event not yet in the ledger
+  /// (only the table's owner can) makes way for the event's own; the
+  /// stream goes on.
+  @Test func aHandWrittenOutcomeNeverStopsTheStream() throws {
+    let db = try TestDatabase("outcome_stale")
+    try Self.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql(
+      "INSERT INTO sluice.outcomes (source, event_id, actor, status, reason) VALUES ('xp.actions', 's1', 'ann', 'dead', 'by hand')"
+    )
+    let daemon = try startDaemon(db, Self.on)
+    try XPFixture.insert(db, [("s1", "ann", "award", 5, nil), ("s2", "ann", "award", 5, nil)])
+    try XPFixture.insert(db, [("s3", "ann", "award", 5, nil)])
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let outcomes = try Self.outcomes(db)
+    #expect(outcomes["s1"] == ["applied", nil, "ann", "award"])
+    #expect(outcomes["s2"]?[0] == "applied" && outcomes["s3"]?[0] == "applied")
+    #expect(try XPFixture.totals(db) == ["ann": 15])
+  }
+
   @Test func offWritesNothing() throws {
     let db = try TestDatabase("outcome_off")
     try Self.install(db)
@@ -259,6 +281,8 @@ import Testing
       "UPDATE sluice.outcomes SET processed_at = now() - interval '2 hours' WHERE event_id < 'r1500' OR event_id = 'r-dead'"
     )
 
+    let (century, _, centuryErrors) = try runCommand(db, ["status"], ["SLUICE_OUTCOME_RETENTION": "100 years"])
+    #expect(century == 0, "the longest retention still counts: \(centuryErrors)")
     let (status, json, _) = try runCommand(db, ["status", "--json"], environment)
     #expect(status == 0)
     #expect(json.contains(#""outcomes":{"on":true,"retention_seconds":3600,"retention_waiting":1500}"#), "\(json)")
@@ -320,7 +344,7 @@ import Testing
       """
       CREATE ROLE \(reader) LOGIN;
       GRANT USAGE ON SCHEMA sluice TO \(reader);
-      GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.outcomes TO \(reader);
+      GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON sluice.outcomes TO \(reader);
       """)
     defer { _ = try? db.sql("DROP OWNED BY \(reader); DROP ROLE \(reader)") }
     let client = try PGConnection(conninfo: db.url.replacingOccurrences(of: "//postgres@", with: "//\(reader)@"))
@@ -351,8 +375,17 @@ import Testing
     #expect(try db.scalar("SELECT count(*) FROM sluice.outcomes") == "4")
     #expect(try db.scalar("SELECT status FROM sluice.outcomes WHERE event_id = 'a2'") == "rejected")
 
-    // `sluice check`: such a role is fine; one that bypasses row-level security, or the policy off, is warned of.
+    // `sluice check`: row-level security does not stop TRUNCATE, nor the locks write privileges allow.
+    let (_, writers, _) = try runCommand(db, ["check"], Self.on)
+    #expect(
+      writers.contains(
+        "FAIL  \(reader) can DELETE, INSERT, TRUNCATE, UPDATE on sluice.outcomes: it can wipe or lock what every client is told"
+      ), "\(writers)")
+    try db.sql("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON sluice.outcomes FROM \(reader)")
+    // A role that may only SELECT is fine; one that bypasses row-level security, or the policy off, is warned of.
     let (fine, fineOutput, _) = try runCommand(db, ["check"], Self.on)
+    #expect(fineOutput.contains("ok    this role can write sluice.outcomes"), "\(fineOutput)")
+    #expect(!fineOutput.contains("sluice.outcomes: it can"), "\(fineOutput)")
     #expect(fineOutput.contains("ok    outcomes: each role but the owner and superusers reads only its actor's rows"))
     #expect(!fineOutput.contains("WARN"), "\(fineOutput)")
     let bypass = Self.role(db, "sync")
@@ -367,6 +400,27 @@ import Testing
     #expect(output.contains("WARN  outcomes: row-level security is off on sluice.outcomes"), "\(output)")
     let (_, quiet, _) = try runCommand(db, ["check"])
     #expect(!quiet.contains("outcomes"), "outcomes off: not checked")
+    try db.sql("ALTER TABLE sluice.outcomes ENABLE ROW LEVEL SECURITY")
+
+    // Another policy shows rows to its roles and their members; a changed own-actor policy is no policy.
+    let crew = Self.role(db, "crew")
+    let member = Self.role(db, "member")
+    try db.sql(
+      """
+      CREATE ROLE \(crew); CREATE ROLE \(member) IN ROLE \(crew);
+      GRANT USAGE ON SCHEMA sluice TO \(crew); GRANT SELECT ON sluice.outcomes TO \(crew);
+      CREATE POLICY outcomes_crew ON sluice.outcomes FOR SELECT TO \(crew) USING (true);
+      ALTER POLICY outcomes_own_actor ON sluice.outcomes USING (actor = current_setting('sluice.actor', true) OR true);
+      """)
+    defer { _ = try? db.sql("DROP OWNED BY \(member), \(crew); DROP ROLE \(member); DROP ROLE \(crew)") }
+    let (_, policies, _) = try runCommand(db, ["check"], Self.on)
+    #expect(
+      policies.contains(
+        "WARN  outcomes: policy outcomes_crew on sluice.outcomes also lets \(crew), \(member) read rows"),
+      "\(policies)")
+    #expect(
+      policies.contains("WARN  outcomes: policy outcomes_own_actor on sluice.outcomes was changed to"), "\(policies)")
+    #expect(!policies.contains("\(reader) read rows"), "the own-actor policy is not reported as another")
   }
 
   @Test func theOutcomesPublicationCarriesTheTable() throws {
@@ -395,5 +449,107 @@ import Testing
     let (refused, _, why) = try runCommand(db, ["run"], ["SLUICE_OUTCOMES_PUBLICATION": "sluice"])
     #expect(refused == 78)
     #expect(why.contains("SLUICE_OUTCOMES_PUBLICATION"))
+  }
+
+  /// README "Outcomes the client can see": its quoted API grant, Electric
+  /// shape and PowerSync data query, run against real outcomes.
+  @Test func theReadmesOutcomeSnippetsGiveEachUserTheirOwn() throws {
+    let folder = ExamplesTests.repository.appendingPathComponent("Tests/SluiceTests/ReadmeExamples")
+    let readme = try String(
+      contentsOf: ExamplesTests.repository.appendingPathComponent("README.md"), encoding: .utf8)
+    var snippets: [String: String] = [:]
+    for file in ["outcomes_api.sql", "outcomes_electric.txt", "outcomes_powersync.yaml"] {
+      let text = try String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8)
+      #expect(readme.contains(text), "README.md must quote ReadmeExamples/\(file) verbatim")
+      snippets[file] = text
+    }
+    let db = try TestDatabase("outcome_readme")
+    try Self.install(db)
+    try XPFixture.grant(db, ["ann", "bob"])
+    let daemon = try startDaemon(db, Self.on)
+    try XPFixture.insert(
+      db, [("a1", "ann", "award", 5, nil), ("a2", "ann", "award", 0, nil), ("b1", "bob", "award", 5, nil)])
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+
+    // The API role, with the pre-request function as PostgREST calls it for ann's request.
+    let role = Self.role(db, "app_user")
+    try db.sql(try #require(snippets["outcomes_api.sql"]).replacingOccurrences(of: "app_user", with: role))
+    defer { _ = try? db.sql("DROP OWNED BY \(role); DROP ROLE \(role)") }
+    try db.sql("BEGIN; SET LOCAL ROLE \(role)")
+    try db.sql(#"SELECT set_config('request.jwt.claims', '{"sub": "ann", "role": "authenticated"}', true)"#)
+    try db.sql("SELECT public.outcomes_actor()")
+    let seen = try db.sql("SELECT event_id, status FROM sluice.outcomes ORDER BY 1").rows
+    try db.sql("COMMIT")
+    #expect(seen == [["a1", "applied"], ["a2", "rejected"]])
+
+    // The Electric shape's where clause, with ann as its parameter.
+    let electric = try #require(snippets["outcomes_electric.txt"]).split(separator: "\n")
+    let table = try #require(electric.first { $0.hasPrefix("table=") }).dropFirst(6)
+    let condition = try #require(electric.first { $0.hasPrefix("where=") }).dropFirst(6)
+    #expect(
+      try db.sql("SELECT string_agg(event_id, ',' ORDER BY event_id) FROM \(table) WHERE \(condition)", ["ann"]).rows
+        == [["a1,a2"]])
+
+    // PowerSync's data query for bob's bucket: one row each, with a unique id.
+    let yaml = try #require(snippets["outcomes_powersync.yaml"])
+    let query = try #require(yaml.split(separator: "\n").first { $0.contains("- SELECT") })
+      .split(separator: "- ", maxSplits: 1)[1].replacingOccurrences(of: "bucket.actor", with: "$1")
+    #expect(
+      try db.sql("SELECT id, event_id, status FROM (\(query)) q", ["bob"]).rows == [["xp.actions/b1", "b1", "applied"]])
+  }
+
+  /// An install whose daemon role was never granted outcomes (roles.sql
+  /// not run again after the upgrade): with outcomes on, `check` fails and
+  /// `run` stops before any event, so none goes dead for it; with outcomes
+  /// off, nothing about outcomes stands in the way.
+  @Test func aDaemonRoleThatCannotWriteOutcomesStopsBeforeAnyEvent() throws {
+    let db = try TestDatabase("outcome_grants")
+    try Self.install(db)
+    try XPFixture.grant(db, ["ann"])
+    let roles = try String(
+      contentsOf: ExamplesTests.repository.appendingPathComponent("sql/roles.sql"), encoding: .utf8)
+    try db.sql(roles)
+    try db.sql(
+      """
+      GRANT USAGE ON SCHEMA xp TO sluice_daemon;
+      GRANT SELECT ON xp.actions TO sluice_daemon;
+      GRANT SELECT, INSERT, UPDATE ON xp.totals, xp.effects TO sluice_daemon;
+      REVOKE ALL ON sluice.outcomes FROM sluice_daemon;
+      DROP POLICY outcomes_daemon ON sluice.outcomes;
+      """)
+    let asDaemon = ["SLUICE_DATABASE_URL": db.url.replacingOccurrences(of: "//postgres@", with: "//sluice_daemon@")]
+    let on = asDaemon.merging(Self.on) { $1 }
+    try XPFixture.insert(db, [("g1", "ann", "award", 5, nil)])
+
+    let (checked, output, _) = try runCommand(db, ["check"], on)
+    #expect(checked == 1)
+    #expect(output.contains("FAIL  this role can write sluice.outcomes: "), "\(output)")
+    let (ran, _, why) = try runCommand(db, ["run"], on)
+    #expect(ran != 0 && ran != nil)
+    #expect(why.contains("SLUICE_OUTCOMES=on, but this role cannot write sluice.outcomes"), "\(why)")
+    #expect(try XPFixture.ledgerCount(db) == 0, "no event was tried")
+
+    // Off: the daemon, status, compact and dlq run as before.
+    let off = try startDaemon(db, asDaemon)
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 1 })
+    off.signal(SIGTERM)
+    #expect(off.waitForExit() == 0, "\(off.standardError)")
+    #expect(!off.standardError.contains("outcome retention failed"))
+    for command in [["status"], ["compact"], ["dlq", "list"]] {
+      let (status, _, errors) = try runCommand(db, command, asDaemon)
+      #expect(status == 0, "\(command): \(errors)")
+    }
+
+    // Granted again: outcomes on, and the next event has its outcome.
+    try db.sql(roles)
+    let again = try startDaemon(db, on)
+    try XPFixture.insert(db, [("g2", "ann", "award", 5, nil)])
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 2 })
+    again.signal(SIGTERM)
+    #expect(again.waitForExit() == 0)
+    #expect(try Self.outcomes(db)["g2"] == ["applied", nil, "ann", "award"])
+    #expect(try XPFixture.statuses(db) == ["g1": "applied", "g2": "applied"])
   }
 }

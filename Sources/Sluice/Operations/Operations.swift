@@ -120,11 +120,12 @@ public struct Operations {
       registry.catalog.choice(for: event.type, in: Policy()) ?? sqlHandler.map(HandlerChoice.init)
     guard let choice else { return (.dead, "no handler for \(event.type)") }
     let unit = ApplyUnit(event: event, work: .handle(choice), metricLabel: event.type)
+    let mode = outcomes(connection)
     let careful = CarefulStrategy(environment: environment)
     var backoff = Backoff(baseMilliseconds: 100, capMilliseconds: 5000)
     for attempt in 1...configuration.maxAttempts {
       let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries in
-        entries.map { resolve(dead, $0.status, $0.reason, attempts: attempt) }
+        entries.map { resolve(dead, $0.status, $0.reason, attempts: attempt, outcomes: mode) }
       }
       switch outcome {
       case .committed(let entries), .sent(let entries):
@@ -133,7 +134,7 @@ public struct Operations {
         logger.warning(
           "retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
         if attempt == configuration.maxAttempts {
-          let stillDead = resolve(dead, .dead, error, attempts: attempt)
+          let stillDead = resolve(dead, .dead, error, attempts: attempt, outcomes: mode)
           try connection.query(stillDead.sql, stillDead.parameters)
           return (.dead, error)
         }
@@ -145,11 +146,16 @@ public struct Operations {
 
   /// What `dlq` does to outcomes: with outcomes on, the event's outcome
   /// is written (also when retention or an earlier `off` left none); off,
-  /// an outcome written while they were on still follows its ledger row.
-  private var outcomes: Outcomes.Mode { Outcomes.Mode(configuration.outcomes, else: .followExisting) }
+  /// an outcome written while they were on still follows its ledger row
+  /// (if this role may update outcomes at all).
+  private func outcomes(_ connection: PGConnection) -> Outcomes.Mode {
+    configuration.outcomes ? .upsert : Outcomes.mayTouch("UPDATE", on: connection) ? .followExisting : .off
+  }
 
   /// The dead row's new status, and its outcome's; the record is kept only while it stays dead.
-  private func resolve(_ dead: DeadEvent, _ status: EventStatus, _ reason: String?, attempts: Int) -> Statement {
+  private func resolve(
+    _ dead: DeadEvent, _ status: EventStatus, _ reason: String?, attempts: Int, outcomes: Outcomes.Mode
+  ) -> Statement {
     Statement(
       sql: Outcomes.with(
         """
@@ -166,18 +172,19 @@ public struct Operations {
     let connection = try connect()
     defer { connection.close() }
     var discarded = 0
+    let mode = outcomes(connection)
     for dead in targets {
       // Never lands under a retry's handler writes.
       discarded += try Self.holdingLock(of: dead, on: connection) {
-        Int(
-          try connection.query(
-            Outcomes.with(
-              """
-              UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
-                reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
-              WHERE status = 'dead' AND source = $1 AND event_id = $2
-              """, outcomes), [dead.source, dead.eventID]
-          ).scalar ?? "") ?? 0
+        let result = try connection.query(
+          Outcomes.with(
+            """
+            UPDATE sluice.event_log SET status = 'rejected', processed_at = clock_timestamp(), event = NULL,
+              reason = 'discarded from the dead-letter queue; was: ' || coalesce(reason, '')
+            WHERE status = 'dead' AND source = $1 AND event_id = $2
+            """, mode), [dead.source, dead.eventID])
+        // With outcomes the statement returns the ledger rows it changed.
+        return mode == .off ? result.affectedRows : Int(result.scalar ?? "") ?? 0
       }
     }
     return discarded

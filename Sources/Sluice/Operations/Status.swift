@@ -158,7 +158,8 @@ extension Operations {
       ledger: try LedgerPartitions.size(on: connection, events: counts.values.reduce(0, +)),
       outcomes: StatusReport.OutcomeSummary(
         on: configuration.outcomes, retentionSeconds: configuration.outcomeRetentionSeconds,
-        waiting: try Outcomes.waiting(retentionSeconds: configuration.outcomeRetentionSeconds, on: connection)))
+        waiting: configuration.outcomes || Outcomes.mayTouch("SELECT", on: connection)
+          ? try Outcomes.waiting(retentionSeconds: configuration.outcomeRetentionSeconds, on: connection) : 0))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may
@@ -167,8 +168,11 @@ extension Operations {
   /// count too). The rule tables (sources, rules, roles, handlers,
   /// endpoints) are the whole security boundary; the daemon's own tables
   /// (ledger, mirror, state) decide what counts as processed, so there only
-  /// replication roles (the daemon's) may write as well. Outcomes are
-  /// neither: no one but the owner may write them whatever the grants.
+  /// replication roles (the daemon's) may write as well; so too outcomes,
+  /// where row-level security stops a client's INSERT, UPDATE and DELETE
+  /// of rows but neither TRUNCATE nor the table locks these privileges
+  /// allow. TRIGGER and REFERENCES count: a trigger runs its owner's code
+  /// in the daemon's writes, a foreign key can make them fail.
   static func configurationWriters(_ connection: PGConnection) throws -> [(
     table: String, role: String, privileges: String
   )] {
@@ -178,21 +182,22 @@ extension Operations {
         SELECT c.oid, c.relowner, n.nspname || '.' || c.relname AS name,
                c.relname IN ('sources', 'permission_rules', 'actor_roles', 'handlers', 'endpoints') AS rules
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        -- Outcomes decide nothing, and row-level security guards their writes (Outcomes.readersOfOthers).
-        WHERE n.nspname = 'sluice' AND c.relkind IN ('r', 'p') AND c.relname NOT IN ('schema_migrations', 'outcomes')),
+        WHERE n.nspname = 'sluice' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'),
       grantees AS (
         SELECT oid, rolname, rolsuper, rolreplication FROM pg_roles
         UNION ALL SELECT 0, 'PUBLIC', false, false)
       SELECT t.name, g.rolname, string_agg(p.privilege, ', ' ORDER BY p.privilege)
       FROM tables t CROSS JOIN grantees g
-      CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p(privilege)
+      CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'TRIGGER', 'REFERENCES']) AS p(privilege)
       WHERE NOT g.rolsuper AND g.oid <> t.relowner AND g.rolname <> current_user
         AND (t.rules OR NOT g.rolreplication)
         AND CASE WHEN g.oid = 0
                  THEN has_table_privilege('public', t.oid, p.privilege)
-                      OR (p.privilege IN ('INSERT', 'UPDATE') AND has_any_column_privilege('public', t.oid, p.privilege))
+                      OR (p.privilege IN ('INSERT', 'UPDATE', 'REFERENCES')
+                          AND has_any_column_privilege('public', t.oid, p.privilege))
                  ELSE has_table_privilege(g.oid, t.oid, p.privilege)
-                      OR (p.privilege IN ('INSERT', 'UPDATE') AND has_any_column_privilege(g.oid, t.oid, p.privilege))
+                      OR (p.privilege IN ('INSERT', 'UPDATE', 'REFERENCES')
+                          AND has_any_column_privilege(g.oid, t.oid, p.privilege))
             END
         AND g.rolname NOT LIKE 'pg\\_%'
       GROUP BY 1, 2 ORDER BY 1, 2
@@ -286,16 +291,18 @@ extension Operations {
         findings.append(
           Finding(
             ok: false,
-            what: "\(writer.role) can \(writer.privileges) on \(writer.table): it can grant itself anything",
+            what: "\(writer.role) can \(writer.privileges) on \(writer.table): "
+              + (writer.table == "sluice.outcomes"
+                ? "it can wipe or lock what every client is told" : "it can grant itself anything"),
             fix:
-              "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON \(writer.table) FROM \(writer.role == "PUBLIC" ? "PUBLIC" : PGConnection.quoteIdentifier(writer.role)); never expose the configuration tables to a sync layer's write path"
+              "REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON \(writer.table) FROM \(writer.role == "PUBLIC" ? "PUBLIC" : PGConnection.quoteIdentifier(writer.role)); never expose the configuration tables to a sync layer's write path"
           ))
       }
     } catch {
       findings.append(
         Finding(ok: false, what: "read the configuration tables' privileges: \(error)", fix: "run `sluice migrate`"))
     }
-    if configuration.outcomes { findings += checkOutcomes(connection) }
+    findings += checkOutcomes(connection)
     probe("publication \(configuration.publication) exists", "run `sluice migrate` (or `sluice run`, which creates it)")
     {
       try !connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [configuration.publication]).rows.isEmpty
@@ -348,7 +355,21 @@ extension Operations {
   /// (warnings: the sync layer's role may need to, and filter itself), and
   /// that the outcomes publication, if named, carries the table.
   private func checkOutcomes(_ connection: PGConnection) -> [Finding] {
+    var findings = configuration.outcomes ? whoWritesAndReadsOutcomes(connection) : []
+    // `run` ensures the publication whenever it is named, outcomes on or off.
+    if let publication = configuration.outcomesPublication { findings.append(published(publication, connection)) }
+    return findings
+  }
+
+  private func whoWritesAndReadsOutcomes(_ connection: PGConnection) -> [Finding] {
     var findings: [Finding] = []
+    let why = Outcomes.cannotWrite(on: connection)
+    findings.append(
+      Finding(
+        ok: why == nil, what: "this role can write sluice.outcomes" + (why.map { ": \($0)" } ?? ""),
+        fix:
+          "run sql/roles.sql again as the owner (it grants sluice_daemon the table and its policy), or set SLUICE_OUTCOMES=off"
+      ))
     do {
       let readers = try Outcomes.readersOfOthers(on: connection)
       if readers.isEmpty {
@@ -367,19 +388,19 @@ extension Operations {
       findings.append(
         Finding(ok: false, what: "outcomes: read their privileges: \(error)", fix: "run `sluice migrate`"))
     }
-    if let publication = configuration.outcomesPublication {
-      let published =
-        (try? connection.query(
-          "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'sluice' AND tablename = 'outcomes'",
-          [publication]
-        ).rows.isEmpty == false) ?? false
-      findings.append(
-        Finding(
-          ok: published, what: "outcomes are in publication \(publication)",
-          fix:
-            "run `sluice migrate` (or `sluice run`) with SLUICE_OUTCOMES_PUBLICATION set, as a role that owns the publication and sluice.outcomes"
-        ))
-    }
     return findings
+  }
+
+  private func published(_ publication: String, _ connection: PGConnection) -> Finding {
+    let published =
+      (try? connection.query(
+        "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = 'sluice' AND tablename = 'outcomes'",
+        [publication]
+      ).rows.isEmpty == false) ?? false
+    return Finding(
+      ok: published, what: "outcomes are in publication \(publication)",
+      fix:
+        "run `sluice migrate` (or `sluice run`) with SLUICE_OUTCOMES_PUBLICATION set, as a role that owns the publication and sluice.outcomes"
+    )
   }
 }

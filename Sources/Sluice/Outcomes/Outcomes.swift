@@ -1,3 +1,4 @@
+import SluiceCore
 import SluicePostgres
 
 /// SPEC section 12: `sluice.outcomes`, what became of each event, for the
@@ -11,13 +12,20 @@ enum Outcomes {
   enum Mode {
     /// `SLUICE_OUTCOMES=off`: nothing (the ledger statement as it is).
     case off
-    /// Each ledger row with an actor gets its outcome (inserted, or replaced).
-    case write
+    /// New ledger rows: each with an actor gets its outcome. No outcome can
+    /// exist for a new ledger row (outcomes are only written with theirs,
+    /// and a second writer of the same ledger row fails on the ledger's own
+    /// key first), so a plain insert: an upsert costs half as much again
+    /// (README "Outcomes the client can see", Cost). One that someone wrote
+    /// by hand makes the statement fail as a ledger conflict; the batch then
+    /// deletes such orphans (`deleteOrphans`) and goes again.
+    case insert
+    /// Changed ledger rows (`dlq`): each with an actor gets its outcome,
+    /// inserted or replaced (retention may have deleted it).
+    case upsert
     /// Outcomes that exist follow their ledger rows, none is added
     /// (`dlq` with outcomes off: rows written while they were on stay true).
     case followExisting
-
-    init(_ on: Bool, else otherwise: Mode = .off) { self = on ? .write : otherwise }
   }
 
   /// `ledgerWrite`, an INSERT or UPDATE of `sluice.event_log` without a
@@ -29,13 +37,22 @@ enum Outcomes {
     let written = """
       WITH l AS (
       \(ledgerWrite)
-        RETURNING source, event_id, event_type, actor, status, sluice.outcome_reason(reason) AS reason, commit_lsn,
-          processed_at)
+        RETURNING source, event_id, event_type, actor, status, commit_lsn, processed_at,
+          -- Only a long reason pays for the function call (a SQL function that is not inlined).
+          CASE WHEN coalesce(octet_length(reason), 0) <= 1024 THEN reason ELSE sluice.outcome_reason(reason) END AS reason)
       """
     switch mode {
     case .off:
       return ledgerWrite
-    case .write:
+    case .insert:
+      return """
+        \(written), o AS (
+          INSERT INTO sluice.outcomes (source, event_id, actor, event_type, status, reason, commit_lsn, processed_at)
+          SELECT source, event_id, actor, event_type, status, reason, commit_lsn, processed_at FROM l
+          WHERE actor <> '')
+        SELECT count(*) FROM l
+        """
+    case .upsert:
       return """
         \(written), o AS (
           INSERT INTO sluice.outcomes AS o (source, event_id, actor, event_type, status, reason, commit_lsn, processed_at)
@@ -55,6 +72,23 @@ enum Outcomes {
     }
   }
 
+  /// Deletes outcomes of these events that have no ledger row (written by
+  /// hand: the daemon writes none): the events are about to get their own.
+  static func deleteOrphans(_ events: [Event], on connection: PGConnection) throws {
+    guard !events.isEmpty else { return }
+    try connection.query(
+      """
+      DELETE FROM sluice.outcomes o
+      USING unnest($1::text[], $2::text[], $3::bool[]) AS k(source, id, synthetic)
+      WHERE o.source = k.source AND o.event_id = \(Ledger.ledgerID("k.id", "k.synthetic"))
+        AND NOT EXISTS (SELECT 1 FROM sluice.event_log l WHERE l.source = o.source AND l.event_id = o.event_id)
+      """,
+      [
+        PGArray.literal(events.map(\.source)), PGArray.literal(events.map(\.id)),
+        PGArray.literal(events.map(Ledger.flag)),
+      ])
+  }
+
   // MARK: - Retention
 
   /// Rows per delete transaction, as for source rows (SPEC section 10).
@@ -63,7 +97,7 @@ enum Outcomes {
   /// The condition of an outcome retention may delete: older than
   /// `retention` (seconds, `$1`) and final. A `dead` outcome stays until
   /// `dlq retry` or `discard` resolves it: its actor is still waiting.
-  static let expired = "processed_at < now() - make_interval(secs => $1::int) AND status <> 'dead'"
+  static let expired = "processed_at < now() - make_interval(secs => $1::float8) AND status <> 'dead'"
 
   /// Deletes expired outcomes, oldest first, in transactions of at most
   /// `batchRows` (each commits on its own). `pace` is called after each
@@ -98,6 +132,36 @@ enum Outcomes {
         ?? "") ?? 0
   }
 
+  // MARK: - Who can write and read them
+
+  /// Why this session's role cannot write outcomes as the daemon does
+  /// (insert, update and delete a row of its own, rolled back), or nil if
+  /// it can. Row-level security must let it see what it writes: an update
+  /// that finds nothing counts as a failure.
+  static func cannotWrite(on connection: PGConnection) -> String? {
+    let key = ["sluice.check", "probe-\(UInt64.random(in: 0...UInt64.max))"]
+    do {
+      try connection.simpleQuery("BEGIN")
+      defer { _ = try? connection.simpleQuery("ROLLBACK") }
+      try connection.query(
+        "INSERT INTO sluice.outcomes (source, event_id, actor, status) VALUES ($1, $2, 'probe', 'dead')", key)
+      let updated = try connection.query(
+        "UPDATE sluice.outcomes SET status = 'applied' WHERE source = $1 AND event_id = $2", key
+      ).affectedRows
+      let deleted = try connection.query("DELETE FROM sluice.outcomes WHERE source = $1 AND event_id = $2", key)
+        .affectedRows
+      return updated == 1 && deleted == 1 ? nil : "row-level security hides the rows it writes"
+    } catch {
+      return "\(error)"
+    }
+  }
+
+  /// Whether this session's role holds `privilege` on the table (with
+  /// outcomes off, the commands that would touch them skip them without).
+  static func mayTouch(_ privilege: String, on connection: PGConnection) -> Bool {
+    (try? connection.query("SELECT has_table_privilege('sluice.outcomes', $1)", [privilege]).scalar) == "t"
+  }
+
   // MARK: - Who can read them
 
   /// Why roles other than the daemon's own could read outcomes of other
@@ -119,16 +183,37 @@ enum Outcomes {
       warnings.append(
         "row-level security is off on sluice.outcomes: every role that can SELECT it reads every actor's outcomes")
     }
+    // Migration 008's policy, as Postgres prints it back.
+    let ownActor = "(actor = current_setting('sluice.actor'::text, true))"
     for row in try connection.query(
       """
-      SELECT policyname, array_to_string(roles, ', ') FROM pg_policies
-      WHERE schemaname = 'sluice' AND tablename = 'outcomes' AND cmd IN ('SELECT', 'ALL')
-        AND policyname NOT IN ('outcomes_own_actor', 'outcomes_daemon')
-      ORDER BY policyname
+      SELECT qual FROM pg_policies
+      WHERE schemaname = 'sluice' AND tablename = 'outcomes' AND policyname = 'outcomes_own_actor'
+      """
+    ).rows where row[0] != ownActor {
+      warnings.append(
+        "policy outcomes_own_actor on sluice.outcomes was changed to \(row[0] ?? "no condition"): it should be \(ownActor)"
+      )
+    }
+    // Any other policy that lets rows be read (roles.sql's for the daemon
+    // too): every role it applies to, members included, but the daemons
+    // (replication roles), the owner, superusers and this role.
+    for row in try connection.query(
+      """
+      SELECT p.policyname, string_agg(r.rolname, ', ' ORDER BY r.rolname)
+      FROM pg_policies p, pg_roles r, pg_class c
+      WHERE p.schemaname = 'sluice' AND p.tablename = 'outcomes' AND p.policyname <> 'outcomes_own_actor'
+        AND p.cmd IN ('SELECT', 'ALL') AND p.permissive = 'PERMISSIVE'
+        AND c.oid = 'sluice.outcomes'::regclass AND r.oid <> c.relowner
+        AND NOT r.rolsuper AND NOT r.rolreplication AND r.rolname <> current_user AND r.rolname NOT LIKE 'pg\\_%'
+        AND has_table_privilege(r.oid, c.oid, 'SELECT')
+        AND ('public' = ANY (p.roles) OR EXISTS (
+              SELECT 1 FROM pg_roles g WHERE g.rolname = ANY (p.roles) AND pg_has_role(r.oid, g.oid, 'USAGE')))
+      GROUP BY p.policyname ORDER BY p.policyname
       """
     ).rows {
       warnings.append(
-        "policy \(row[0] ?? "") on sluice.outcomes lets \(row[1] ?? "") read rows: check that it keeps each actor to their own"
+        "policy \(row[0] ?? "") on sluice.outcomes also lets \(row[1] ?? "") read rows (roles.sql's outcomes_daemon shows every row): check that it keeps each to their own actor"
       )
     }
     for row in try connection.query(

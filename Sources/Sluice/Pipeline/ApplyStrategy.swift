@@ -28,6 +28,17 @@ struct LedgerConflict: Error, CustomStringConvertible {
   var description: String
 }
 
+/// The daemon's role may not write the ledger (or, with outcomes on, the
+/// outcomes): no event is to blame, so none is retried or goes dead; the
+/// daemon stops with the error (its grants need fixing: `sql/roles.sql`).
+struct LedgerUnwritable: Error, CustomStringConvertible {
+  var description: String
+  init(_ error: PostgresError) {
+    description =
+      "this role may not write the ledger's statement (\(error)): grant it what sql/roles.sql grants sluice_daemon"
+  }
+}
+
 /// A handler attempt ran past `SLUICE_HANDLER_TIMEOUT_MS`.
 struct HandlerTimeout: Error, CustomStringConvertible {
   var milliseconds: Int
@@ -85,7 +96,9 @@ struct ApplyEnvironment {
   /// handler that relays a remote 08xxx (dblink, postgres_fdw) has failed,
   /// and its connection is fine.
   func mustThrow(_ error: any Error) -> Bool {
-    if error is LedgerConflict || error is EarlierBatchFailed || error is PipelineDesync || !connection.isHealthy {
+    if error is LedgerConflict || error is LedgerUnwritable || error is EarlierBatchFailed || error is PipelineDesync
+      || !connection.isHealthy
+    {
       return true
     }
     guard let error = error as? PostgresError else { return false }
@@ -349,10 +362,10 @@ struct CarefulStrategy: ApplyStrategy {
     for statement in statements {
       do {
         try connection.query(statement.sql, statement.parameters)
-      } catch let error as PostgresError
-        where error.sqlState == .uniqueViolation && statement.writesLedger
-      {
-        throw LedgerConflict(description: "\(error)")
+      } catch let error as PostgresError where statement.writesLedger {
+        if error.sqlState == .uniqueViolation { throw LedgerConflict(description: "\(error)") }
+        if error.sqlState == .insufficientPrivilege { throw LedgerUnwritable(error) }
+        throw error
       }
     }
     try connection.simpleQuery("COMMIT")

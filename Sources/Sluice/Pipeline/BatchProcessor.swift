@@ -259,6 +259,8 @@ public final class BatchProcessor {
         committed.removeAll()
       } catch is LedgerConflict {
         // Someone else (`sluice backfill`) wrote some of these events: look every one up.
+        // Or an outcome written by hand stood where one of theirs goes: it goes.
+        if outcomes { try Outcomes.deleteOrphans(plan.candidates.map(\.event), on: connection) }
         conflicts += 1
         guard conflicts < 3 else {
           throw LedgerConflict(description: "ledger rows kept appearing under the batch; starting over")
@@ -432,14 +434,28 @@ public final class BatchProcessor {
       try transaction(ledgerWrites([entry]) + [Ledger.endAttempts(entry.event)] + [state].compactMap { $0 })
     } catch let error as PostgresError where !error.isConnectionLoss && connection.isHealthy {
       if error.sqlState == .uniqueViolation { throw LedgerConflict(description: "\(error)") }
+      if error.sqlState == .insufficientPrivilege { throw LedgerUnwritable(error) }
       logger.error("ledger row cannot be written; recording a minimal dead row", metadata: ["error": "\(error)"])
-      try transaction(
-        [
-          Ledger.minimalDead(
-            entry.event, reason: "the ledger row could not be written: \(error)", attempts: entry.attempts,
-            outcomes: Outcomes.Mode(outcomes)),
-          Ledger.endAttempts(entry.event),
-        ] + [state].compactMap { $0 })
+      func minimal(_ outcome: Outcomes.Mode) throws {
+        try transaction(
+          [
+            Ledger.minimalDead(
+              entry.event, reason: "the ledger row could not be written: \(error)", attempts: entry.attempts,
+              outcomes: outcome),
+            Ledger.endAttempts(entry.event),
+          ] + [state].compactMap { $0 })
+      }
+      do {
+        try minimal(outcomes ? .insert : .off)
+      } catch let failure as PostgresError
+        where outcomes && !failure.isConnectionLoss && connection.isHealthy && failure.sqlState != .uniqueViolation
+        && failure.sqlState != .insufficientPrivilege
+      {
+        // The row that always fits must never be stopped by its outcome.
+        logger.error(
+          "the minimal dead row's outcome cannot be written; recording it without", metadata: ["error": "\(failure)"])
+        try minimal(.off)
+      }
     }
   }
 
@@ -469,7 +485,7 @@ public final class BatchProcessor {
   /// The statements that write these ledger rows.
   private func ledgerWrites(_ entries: [LedgerEntry]) -> [Statement] {
     guard !entries.isEmpty else { return [] }
-    return [Ledger.insert(entries, outcomes: Outcomes.Mode(outcomes))]
+    return [Ledger.insert(entries, outcomes: outcomes ? .insert : .off)]
       + (checksSealedPartitions ? [Ledger.checkSealed(entries)] : [])
   }
 

@@ -333,6 +333,7 @@ extension Operations {
     var passes = try Retention.pass(
       connection, slot: configuration.slot, publication: configuration.publication, dryRun: dryRun)
     // Outcomes (SPEC section 12), listed when they are on or some are old enough to go.
+    guard configuration.outcomes || Outcomes.mayTouch("DELETE", on: connection) else { return passes }
     let started = ContinuousClock.now
     let expired = try Outcomes.deleteExpired(
       retentionSeconds: configuration.outcomeRetentionSeconds, on: connection, dryRun: dryRun)

@@ -13,6 +13,7 @@ final class RetentionWorker: @unchecked Sendable {
   private let publication: String
   private let intervalSeconds: Int
   private let outcomeRetentionSeconds: Int
+  private let outcomes: Bool
   private let logger: Logger
   private let metrics: DaemonMetrics
   private let stop = StopSignal()
@@ -23,14 +24,15 @@ final class RetentionWorker: @unchecked Sendable {
   static let maxRowsPerSecond = 20_500
 
   init(
-    conninfo: String, slot: String, publication: String, intervalSeconds: Int, outcomeRetentionSeconds: Int,
-    logger: Logger, metrics: DaemonMetrics
+    conninfo: String, slot: String, publication: String, intervalSeconds: Int, outcomes: Bool,
+    outcomeRetentionSeconds: Int, logger: Logger, metrics: DaemonMetrics
   ) {
     self.conninfo = conninfo
     self.slot = slot
     self.publication = publication
     self.intervalSeconds = intervalSeconds
     self.outcomeRetentionSeconds = outcomeRetentionSeconds
+    self.outcomes = outcomes
     self.logger = logger
     self.metrics = metrics
   }
@@ -78,9 +80,18 @@ final class RetentionWorker: @unchecked Sendable {
               ])
           }
         }
-        try expireOutcomes(connection)
       } catch {
         logger.warning("retention pass failed; trying again next interval", metadata: ["error": "\(error)"])
+      }
+      // Outcomes on their own: a source whose pass failed does not hold them up.
+      do {
+        let connection = try PGConnection(conninfo: conninfo, applicationName: "sluice-retention")
+        defer { connection.close() }
+        try connection.simpleQuery("SET lock_timeout = '5s'; SET statement_timeout = '60s'")
+        // Off, and never granted them (an install from before outcomes): nothing to do.
+        if outcomes || Outcomes.mayTouch("DELETE", on: connection) { try expireOutcomes(connection) }
+      } catch {
+        logger.warning("outcome retention failed; trying again next interval", metadata: ["error": "\(error)"])
       }
     }
   }

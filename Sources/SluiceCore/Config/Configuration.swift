@@ -164,7 +164,10 @@ public struct Configuration: Sendable, Equatable {
       guard tokens[pair].count <= 9, let number = Int(tokens[pair]),
         let unit = units.first(where: { $0.names.contains(tokens[pair + 1]) })
       else { return nil }
-      total += number * unit.seconds
+      let (seconds, overflow) = number.multipliedReportingOverflow(by: unit.seconds)
+      let (sum, overflowSum) = total.addingReportingOverflow(seconds)
+      guard !overflow, !overflowSum else { return nil }
+      total = sum
     }
     return total
   }
