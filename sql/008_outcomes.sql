@@ -21,13 +21,30 @@ CREATE TABLE sluice.outcomes (
   processed_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (source, event_id)
 );
--- Retention deletes the oldest first; dead outcomes stay until resolved, so
--- they are not in it (a pass never reads them again). Each index costs every
--- event its insert: the table has no index on actor, which a sync layer does
--- not need (it filters the replication stream). An API that reads one
--- actor's outcomes at a time wants one: README "Outcomes the client can
--- see" gives it, with what it costs the drain rate.
-CREATE INDEX outcomes_processed ON sluice.outcomes (processed_at) WHERE status <> 'dead';
+-- The primary key is the only index: each index costs every event its
+-- insert (README "Outcomes the client can see", Cost). A sync layer needs no
+-- index on actor (it filters the replication stream); an API that reads one
+-- actor's outcomes at a time adds one. Retention finds old outcomes through
+-- the ledger instead of an index on processed_at (below).
+
+-- Outcome retention walks each source's ledger rows in commit order (the
+-- ledger's own indexes) from where its last pass stopped, as source
+-- retention does (migration 005): a pass reads only what it deletes.
+-- Outcomes it passes that must stay a while (dead ones, ones `dlq retry`
+-- wrote again lately, rows a client held locked) are remembered here and
+-- deleted once they may go.
+CREATE TABLE sluice.outcome_retention_state (
+  source text PRIMARY KEY,
+  through_lsn pg_lsn NOT NULL DEFAULT '0/0',
+  through_event_id text NOT NULL DEFAULT '',
+  through_processed_at timestamptz NOT NULL DEFAULT '-infinity',
+  through_backfilled_id text NOT NULL DEFAULT ''
+);
+CREATE TABLE sluice.outcome_retention_held (
+  source text NOT NULL,
+  event_id text NOT NULL,
+  PRIMARY KEY (source, event_id)
+);
 
 -- Every role but the table's owner (and roles that bypass row-level
 -- security) sees only the rows of the actor its session names:

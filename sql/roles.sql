@@ -34,7 +34,8 @@ GRANT EXECUTE ON FUNCTION sluice.reject(text) TO sluice_daemon;
 -- Outcomes (SPEC section 12): written, updated by `dlq retry`, deleted by
 -- retention. Row-level security is on for the table: this policy lets the
 -- daemon's role at every row (clients get only their own actor's).
-GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.outcomes TO sluice_daemon;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.outcomes, sluice.outcome_retention_state, sluice.outcome_retention_held
+  TO sluice_daemon;
 DROP POLICY IF EXISTS outcomes_daemon ON sluice.outcomes;
 CREATE POLICY outcomes_daemon ON sluice.outcomes TO sluice_daemon USING (true) WITH CHECK (true);
 -- Webhooks (SPEC section 9): read the endpoints, queue and send deliveries.

@@ -556,13 +556,21 @@ public final class Daemon: @unchecked Sendable {
     lastLagCheck = .now
     let connection = processor.connection
     processor.synchronousStandbys(try connection.query("SHOW synchronous_standby_names").scalar ?? "")
+    // Lag in seconds as `status` counts it: the time since the daemon last
+    // committed, while there is lag in bytes.
     let row = try connection.query(
       """
-      SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint
+      SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - restart_lsn)::bigint,
+             (confirmed_flush_lsn - '0/0')::bigint,
+             CASE WHEN pg_current_wal_lsn() > confirmed_flush_lsn
+                  THEN EXTRACT(epoch FROM now() - (SELECT updated_at FROM sluice.stream_state WHERE slot = $1))
+                  ELSE 0 END::float8
       FROM pg_replication_slots WHERE slot_name = $1
       """, [configuration.slot]
     ).rows.first
-    metrics.setLag(bytes: Int(row?[0] ?? "") ?? 0, retained: Int(row?[1] ?? "") ?? 0)
+    metrics.setLag(
+      bytes: Int(row?[0] ?? "") ?? 0, retained: Int(row?[1] ?? "") ?? 0,
+      confirmed: Int(row?[2] ?? "") ?? 0, seconds: Double(row?[3] ?? "") ?? 0)
     if lastLedgerSize.duration(to: .now) >= .seconds(60) {
       lastLedgerSize = .now
       metrics.setLedger(try LedgerPartitions.size(on: connection))

@@ -271,15 +271,20 @@ import Testing
     try Self.install(db)
     let environment = Self.on.merging(["SLUICE_OUTCOME_RETENTION": "1 hour", "SLUICE_MAX_ATTEMPTS": "1"]) { $1 }
     let daemon = try startDaemon(db, environment.merging(["SLUICE_RETENTION_INTERVAL_S": "0"]) { $1 })
-    try XPFixture.insert(db, (0..<2500).map { (String(format: "r%04d", $0), "u\($0 % 9)", "mark", 1, nil) })
     try XPFixture.insert(db, [("r-dead", "ann", "later", 1, nil)])
+    try XPFixture.insert(db, (0..<2500).map { (String(format: "r%04d", $0), "u\($0 % 9)", "mark", 1, nil) })
     #expect(try eventually(60) { try XPFixture.ledgerCount(db) == 2501 })
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
-    // 1,500 outcomes and the dead one two hours old.
+    // The dead event and 1,500 others two hours old (their actions, ledger rows and outcomes).
     try db.sql(
-      "UPDATE sluice.outcomes SET processed_at = now() - interval '2 hours' WHERE event_id < 'r1500' OR event_id = 'r-dead'"
-    )
+      """
+      UPDATE sluice.event_log SET committed_at = committed_at - interval '2 hours',
+                                  processed_at = processed_at - interval '2 hours'
+      WHERE event_id < 'r1500' OR event_id = 'r-dead';
+      UPDATE sluice.outcomes SET processed_at = processed_at - interval '2 hours'
+      WHERE event_id < 'r1500' OR event_id = 'r-dead';
+      """)
 
     let (century, _, centuryErrors) = try runCommand(db, ["status"], ["SLUICE_OUTCOME_RETENTION": "100 years"])
     #expect(century == 0, "the longest retention still counts: \(centuryErrors)")

@@ -17,6 +17,8 @@ public final class DaemonMetrics: Sendable {
   private let latencySeconds: ValueHistogram
   private let lagBytesGauge: Prometheus.Gauge
   private let retainedWALBytes: Prometheus.Gauge
+  private let lagSeconds: Prometheus.Gauge
+  private let confirmedPosition: Prometheus.Gauge
   private let ledgerBytes: Prometheus.Gauge
   private let ledgerBytesPerEvent: Prometheus.Gauge
   private let handlerErrors: Prometheus.Counter
@@ -52,6 +54,11 @@ public final class DaemonMetrics: Sendable {
   static var retention: MetricNameDescriptor {
     name("retention_deleted_rows", "total", "Source rows deleted by retention, by source.")
   }
+  static var retentionBacklog: MetricNameDescriptor {
+    name(
+      "retention_backlog", "rows",
+      "Processed source rows old enough for retention to delete, by source, counted after each pass.")
+  }
 
   public init() {
     batchSeconds = registry.makeValueHistogram(
@@ -67,6 +74,13 @@ public final class DaemonMetrics: Sendable {
     retainedWALBytes = registry.makeGauge(
       descriptor: Self.name(
         "retained_wal", "bytes", "WAL the server keeps for the slot (current position minus restart_lsn)."))
+    lagSeconds = registry.makeGauge(
+      descriptor: Self.name(
+        "replication_lag", "seconds", "Time since the daemon last committed, while the slot lags (0 when caught up)."))
+    confirmedPosition = registry.makeGauge(
+      descriptor: Self.name(
+        "confirmed_position", "bytes",
+        "The slot's confirmed_flush_lsn as a byte offset: it stands still when nothing is acknowledged."))
     ledgerBytes = registry.makeGauge(
       descriptor: Self.name("ledger", "bytes", "The ledger on disk: every partition's table, indexes and TOAST."))
     ledgerBytesPerEvent = registry.makeGauge(
@@ -126,10 +140,12 @@ public final class DaemonMetrics: Sendable {
     ledgerBytesPerEvent.set(size.bytesPerEvent ?? 0)
   }
 
-  func setLag(bytes: Int, retained: Int) {
+  func setLag(bytes: Int, retained: Int, confirmed: Int, seconds: Double) {
     lastLagBytes.store(bytes, ordering: .relaxed)
     lagBytesGauge.set(Int64(bytes))
     retainedWALBytes.set(Int64(retained))
+    confirmedPosition.set(Double(confirmed))
+    lagSeconds.set(seconds)
   }
 
   /// One delivery attempt ended. The label is the endpoint's name, never its URL.
@@ -149,6 +165,11 @@ public final class DaemonMetrics: Sendable {
   /// A retention pass deleted rows of a source (0 too: the series exists once retention ran).
   func retained(source: String, rows: Int) {
     registry.makeCounter(descriptor: Self.retention, labels: [("source", source)]).increment(by: Int64(rows))
+  }
+
+  /// After a retention pass: per source, the rows it may delete now (its backlog).
+  func setRetentionBacklog(source: String, rows: Int) {
+    registry.makeGauge(descriptor: Self.retentionBacklog, labels: [("source", source)]).set(Int64(rows))
   }
 
   func outcomesExpired(deleted: Int) { outcomesDeleted.increment(by: Int64(deleted)) }

@@ -89,49 +89,6 @@ enum Outcomes {
       ])
   }
 
-  // MARK: - Retention
-
-  /// Rows per delete transaction, as for source rows (SPEC section 10).
-  static let batchRows = 1000
-
-  /// The condition of an outcome retention may delete: older than
-  /// `retention` (seconds, `$1`) and final. A `dead` outcome stays until
-  /// `dlq retry` or `discard` resolves it: its actor is still waiting.
-  static let expired = "processed_at < now() - make_interval(secs => $1::float8) AND status <> 'dead'"
-
-  /// Deletes expired outcomes, oldest first, in transactions of at most
-  /// `batchRows` (each commits on its own). `pace` is called after each
-  /// with the rows deleted so far. A dry run counts them instead.
-  static func deleteExpired(
-    retentionSeconds: Int, on connection: PGConnection, dryRun: Bool, stop: () -> Bool = { false },
-    pace: (_ rows: Int) -> Void = { _ in }
-  ) throws -> Int {
-    if dryRun { return try waiting(retentionSeconds: retentionSeconds, on: connection) }
-    var deleted = 0
-    while !stop() {
-      // One statement is one transaction (autocommit): its lock is short.
-      let rows = try connection.query(
-        """
-        DELETE FROM sluice.outcomes o USING (
-          SELECT source, event_id FROM sluice.outcomes WHERE \(expired)
-          ORDER BY processed_at LIMIT \(batchRows) FOR UPDATE SKIP LOCKED) old
-        WHERE o.source = old.source AND o.event_id = old.event_id
-        """, [String(retentionSeconds)]
-      ).affectedRows
-      deleted += rows
-      if rows < batchRows { break }
-      pace(deleted)
-    }
-    return deleted
-  }
-
-  /// How many outcomes retention would delete now.
-  static func waiting(retentionSeconds: Int, on connection: PGConnection) throws -> Int {
-    Int(
-      try connection.query("SELECT count(*) FROM sluice.outcomes WHERE \(expired)", [String(retentionSeconds)]).scalar
-        ?? "") ?? 0
-  }
-
   // MARK: - Who can write and read them
 
   /// Why this session's role cannot write outcomes as the daemon does

@@ -65,6 +65,9 @@ final class RetentionWorker: @unchecked Sendable {
           let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - seconds
           if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
         }
+        for waiting in try Retention.waiting(connection, slot: slot, publication: publication) {
+          metrics.setRetentionBacklog(source: waiting.relation, rows: waiting.rows)
+        }
         for outcome in passes {
           metrics.retained(source: outcome.relation, rows: outcome.rows)
           if let kept = outcome.kept {
