@@ -1,7 +1,7 @@
 -- SPEC section 9: effects beyond Postgres, through a transactional outbox.
 -- A handler queues a delivery in its own transaction, so a delivery exists
 -- if and only if its event was applied; the daemon that holds the slot
--- sends it (README "Call an edge function").
+-- sends it (docs/webhooks.md).
 
 -- The key of a Standard Webhooks secret ('whsec_' + base64 of 24 to 64
 -- bytes), or NULL when the text is not one.

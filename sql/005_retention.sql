@@ -1,7 +1,7 @@
 -- SPEC section 10: processed source rows deleted once final, so action
 -- tables (and a sync layer's copies of them) stay small. The ledger keeps
 -- its rows: a deleted id inserted again is still a replay, and dedupe keys
--- stay owned. README "Keep action tables small".
+-- stay owned. docs/retention.md.
 
 -- How long a source's rows are kept after their events are final; NULL keeps them forever.
 ALTER TABLE sluice.sources ADD COLUMN retain interval CHECK (retain IS NULL OR retain >= interval '0');

@@ -9,7 +9,7 @@
 -- keeps a Bloom filter of each sealed partition's ids and owned dedupe keys
 -- (stored here, built once when the partition is sealed), so an event is
 -- looked up in sealed partitions only when a filter says it may be there.
--- README "The ledger's storage".
+-- docs/ledger.md.
 --
 -- `sluice.event_log` stays the interface: it is now the partitioned table,
 -- and every partition has its own index on (source, event_id), so a lookup

@@ -2,8 +2,7 @@
 -- read through their sync layer (an Electric shape, PowerSync sync rules) or
 -- an API in front of Postgres. The daemon writes a row here, when
 -- SLUICE_OUTCOMES=on, in the statement that writes the event's ledger row:
--- so in the transaction of the handler's writes. README "Outcomes the client
--- can see".
+-- so in the transaction of the handler's writes. docs/outcomes.md.
 --
 -- Clients never read the ledger (it holds every user's events); this table
 -- holds only what an actor may see of their own events, and only for
@@ -22,7 +21,7 @@ CREATE TABLE sluice.outcomes (
   PRIMARY KEY (source, event_id)
 );
 -- The primary key is the only index: each index costs every event its
--- insert (README "Outcomes the client can see", Cost). A sync layer needs no
+-- insert (docs/outcomes.md, Cost). A sync layer needs no
 -- index on actor (it filters the replication stream); an API that reads one
 -- actor's outcomes at a time adds one. Retention finds old outcomes through
 -- the ledger instead of an index on processed_at (below).
@@ -40,6 +39,16 @@ CREATE TABLE sluice.outcome_retention_state (
   through_processed_at timestamptz NOT NULL DEFAULT '-infinity',
   through_backfilled_id text NOT NULL DEFAULT ''
 );
+-- No outcome exists yet: events the slots have confirmed were processed
+-- without one, so each registered source's walk starts there, not at the
+-- beginning of a long history (backfilled events: from now).
+INSERT INTO sluice.outcome_retention_state (source, through_lsn, through_processed_at)
+SELECT relation,
+       coalesce((SELECT min(confirmed_flush_lsn) FROM pg_replication_slots
+                 WHERE database = current_database() AND plugin = 'pgoutput'), '0/0'),
+       now()
+FROM sluice.sources;
+
 CREATE TABLE sluice.outcome_retention_held (
   source text NOT NULL,
   event_id text NOT NULL,

@@ -289,8 +289,8 @@ public final class Daemon: @unchecked Sendable {
 
   /// Sources registered while the daemon streams have rows older than their
   /// registration, which the stream never shows as events. Each is
-  /// backfilled once (SPEC 8; README "A source registered while the daemon
-  /// streams"): a snapshot is taken, and once the stream has been applied
+  /// backfilled once (SPEC 8; docs/how-it-works.md, "A source registered
+  /// while the daemon streams"): a snapshot is taken, and once the stream has been applied
   /// past the WAL position of that snapshot, every row committed before it
   /// that the ledger lacks, except the registering transaction's own, is a
   /// row no event covered. Steps forward each time the loop goes round.

@@ -3,7 +3,7 @@ import Sluice
 import SluiceExamples
 import Testing
 
-/// README's "Add a handler for a new event type", kept true: the README quotes
+/// docs/handlers.md, kept true: it quotes
 /// these files verbatim, and both kinds of handler run here for real.
 @Suite(.serialized) struct AddHandlerTests {
   static let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
@@ -11,10 +11,10 @@ import Testing
 
   @Test func readmeQuotesTheTestedExamples() throws {
     let readme = try String(
-      contentsOf: ExamplesTests.repository.appendingPathComponent("README.md"), encoding: .utf8)
+      contentsOf: ExamplesTests.repository.appendingPathComponent("docs/handlers.md"), encoding: .utf8)
     for file in ["AwardBadge.swift", "add_handler.sql"] {
       let text = try String(contentsOf: Self.examples.appendingPathComponent(file), encoding: .utf8)
-      #expect(readme.contains(text), "README.md must quote ReadmeExamples/\(file) verbatim")
+      #expect(readme.contains(text), "docs/handlers.md must quote ReadmeExamples/\(file) verbatim")
     }
   }
 

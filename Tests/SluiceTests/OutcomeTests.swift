@@ -326,6 +326,34 @@ import Testing
     #expect(try db.scalar("SELECT count(*) FROM xp.effects") == "2500")
   }
 
+  /// An event that went dead while outcomes were off is passed by
+  /// retention's walk with no outcome to hold; `dlq discard` with outcomes
+  /// on then writes one. It must still go once old enough.
+  @Test func anOutcomeWrittenBehindTheWalkStillGoes() throws {
+    let db = try TestDatabase("outcome_behind")
+    try Self.install(db)
+    let hour = ["SLUICE_OUTCOME_RETENTION": "1 hour"]
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "1"])
+    try XPFixture.insert(db, [("b-dead", "ann", "later", 1, nil)])
+    try XPFixture.insert(db, [("b-young", "ann", "mark", 1, nil)])
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 2 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    try db.sql(
+      "UPDATE sluice.event_log SET committed_at = committed_at - interval '2 hours' WHERE event_id = 'b-dead'")
+    #expect(try runCommand(db, ["compact"], hour.merging(Self.on) { $1 }).0 == 0)
+    #expect(
+      try db.scalar("SELECT through_event_id FROM sluice.outcome_retention_state WHERE source = 'xp.actions'")
+        == "b-dead", "the walk passed it")
+    let (discarded, _, errors) = try runCommand(db, ["dlq", "discard", "b-dead"], Self.on)
+    #expect(discarded == 0, "\(errors)")
+    #expect(try Self.outcomes(db)["b-dead"]?[0] == "rejected")
+    try db.sql("UPDATE sluice.outcomes SET processed_at = processed_at - interval '2 hours' WHERE event_id = 'b-dead'")
+    let (_, output, _) = try runCommand(db, ["compact"], hour.merging(Self.on) { $1 })
+    #expect(output.contains("sluice.outcomes: deleted 1 rows"), "\(output)")
+    #expect(try Self.outcomes(db)["b-dead"] == nil)
+  }
+
   /// A role for this test's database (roles are cluster-wide).
   static func role(_ db: TestDatabase, _ name: String) -> String { String("\(name)_\(db.slot)".prefix(63)) }
 
@@ -456,16 +484,16 @@ import Testing
     #expect(why.contains("SLUICE_OUTCOMES_PUBLICATION"))
   }
 
-  /// README "Outcomes the client can see": its quoted API grant, Electric
+  /// docs/outcomes.md: its quoted API grant, Electric
   /// shape and PowerSync data query, run against real outcomes.
   @Test func theReadmesOutcomeSnippetsGiveEachUserTheirOwn() throws {
     let folder = ExamplesTests.repository.appendingPathComponent("Tests/SluiceTests/ReadmeExamples")
     let readme = try String(
-      contentsOf: ExamplesTests.repository.appendingPathComponent("README.md"), encoding: .utf8)
+      contentsOf: ExamplesTests.repository.appendingPathComponent("docs/outcomes.md"), encoding: .utf8)
     var snippets: [String: String] = [:]
     for file in ["outcomes_api.sql", "outcomes_electric.txt", "outcomes_powersync.yaml"] {
       let text = try String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8)
-      #expect(readme.contains(text), "README.md must quote ReadmeExamples/\(file) verbatim")
+      #expect(readme.contains(text), "docs/outcomes.md must quote ReadmeExamples/\(file) verbatim")
       snippets[file] = text
     }
     let db = try TestDatabase("outcome_readme")

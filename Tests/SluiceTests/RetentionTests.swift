@@ -78,7 +78,7 @@ import Testing
     #expect(try runCommand(db, ["dlq", "retry", "dead"]).0 == 0)
     try Self.caughtUp(db)
     // dead, again and marker. The replayed id's row is not an event: its ledger row was retained
-    // already, so it stays (inert; README "Keep action tables small").
+    // already, so it stays (inert; docs/retention.md).
     #expect(try Self.compact(db) == "xp.actions: deleted 3 rows")
     #expect(try Self.rows(db) == ["applied"])
     daemon.signal(SIGTERM)

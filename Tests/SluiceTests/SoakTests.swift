@@ -4,44 +4,185 @@ import SluicePostgres
 import Synchronization
 import Testing
 
-/// The fault soak: the game and shop examples under steady load from several
-/// writers while faults are injected (seeded). Short in CI; `scripts/soak`
-/// runs it long (SLUICE_SOAK_SECONDS).
+/// The system soak (`scripts/soak --duration D`; not part of `scripts/test`):
+/// the game and shop examples under a steady load from several writers, two
+/// daemons on one slot (each in a network namespace of its own, so either
+/// can be cut off), webhooks to a receiver that fails a fifth of the
+/// attempts and sometimes hangs, retention and outcomes on, while faults
+/// come at random times (seeded). At the end every table of derived state
+/// is recounted from the source rows (copied as written, since retention
+/// deletes them) and the ledger: nothing lost, nothing doubled. Needs root
+/// and iproute2.
 @Suite(.serialized) struct SoakTests {
+  static let seconds = ProcessInfo.processInfo.environment["SLUICE_SOAK_SECONDS"].flatMap { Double($0) }
+  static let ip = "/usr/sbin/ip"
+
   enum Fault: String, CaseIterable {
-    case sigkill = "SIGKILL daemon", sigterm = "SIGTERM daemon", restartPostgres = "restart Postgres"
-    case killWalsender = "terminate walsender", killHandlerBackend = "terminate handler backend"
+    case sigkillActive = "SIGKILL active", sigkillStandby = "SIGKILL standby"
+    case sigtermActive = "SIGTERM active", sigtermStandby = "SIGTERM standby"
+    case restartPostgres = "restart Postgres", killWalsender = "terminate walsender"
+    case killHandlerBackend = "terminate handler backend", partition = "partition the active daemon"
+    case poisonKill = "poison: handler kills its backend", poisonHang = "poison: handler hangs past its timeout"
   }
 
-  @Test func faultSoak() throws {
-    let seconds = ProcessInfo.processInfo.environment["SLUICE_SOAK_SECONDS"].flatMap { Double($0) } ?? 20
+  /// Where the daemons reach Postgres and the receiver: an address of the
+  /// host's own, routed to from each namespace over its veth pair.
+  static let serverAddress = "169.254.90.1"
+
+  /// A daemon's network namespace and its link to the host.
+  struct Node {
+    var index: Int
+    var namespace: String
+    var hostSide: String
+    var daemonSide: String
+    var hostAddress: String { "169.254.\(91 + index).1" }
+    var daemonAddress: String { "169.254.\(91 + index).2" }
+  }
+
+  static func ip(_ arguments: String...) throws { _ = try PrivateCluster.run([ip] + arguments) }
+
+  static func makeNode(_ index: Int, tag: String) throws -> Node {
+    let node = Node(
+      index: index, namespace: "sluice-soak-\(tag)-\(index)", hostSide: "ssh\(tag)\(index)",
+      daemonSide: "ssn\(tag)\(index)")
+    removeNode(node)
+    try ip("netns", "add", node.namespace)
+    try ip("link", "add", node.hostSide, "type", "veth", "peer", "name", node.daemonSide)
+    try ip("link", "set", node.daemonSide, "netns", node.namespace)
+    try ip("addr", "add", "\(node.hostAddress)/24", "dev", node.hostSide)
+    try ip("link", "set", node.hostSide, "up")
+    try ip("netns", "exec", node.namespace, Self.ip, "addr", "add", "\(node.daemonAddress)/24", "dev", node.daemonSide)
+    try ip("netns", "exec", node.namespace, Self.ip, "link", "set", node.daemonSide, "up")
+    try ip("netns", "exec", node.namespace, Self.ip, "link", "set", "lo", "up")
+    try ip(
+      "netns", "exec", node.namespace, Self.ip, "route", "add", "\(serverAddress)/32", "via", node.hostAddress)
+    return node
+  }
+
+  static func removeNode(_ node: Node) {
+    _ = try? PrivateCluster.run([ip, "netns", "delete", node.namespace])
+    _ = try? PrivateCluster.run([ip, "link", "delete", node.hostSide])
+  }
+
+  /// Peak resident memory of a process, in MiB (0 once it is gone).
+  static func peakRSS(_ process: ChildProcess) -> Double {
+    let status =
+      (try? String(contentsOfFile: "/proc/\(process.process.processIdentifier)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+    return (Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+  }
+
+  @Test(.enabled(if: SoakTests.seconds != nil, "scripts/soak runs it (SLUICE_SOAK_SECONDS)"))
+  func systemSoak() throws {
+    let seconds = try #require(Self.seconds)
+    guard getuid() == 0, FileManager.default.isExecutableFile(atPath: Self.ip) else {
+      Issue.record("the soak needs root and iproute2 (scripts/install-deps installs it)")
+      return
+    }
     let seed = testSeed(default: 424_242)
     var random = SeededGenerator(seed: seed)
+    let tag = String(getpid() % 10_000)
+
+    // The network: the server's address on the host's loopback, a namespace per daemon.
+    _ = try? PrivateCluster.run([Self.ip, "addr", "del", "\(Self.serverAddress)/32", "dev", "lo"])
+    try Self.ip("addr", "add", "\(Self.serverAddress)/32", "dev", "lo")
+    defer { _ = try? PrivateCluster.run([Self.ip, "addr", "del", "\(Self.serverAddress)/32", "dev", "lo"]) }
+    let nodes = try (0..<2).map { try Self.makeNode($0, tag: tag) }
+    defer { nodes.forEach(Self.removeNode) }
+
+    // Postgres, listening there too, and quick to notice a peer that vanished.
     let cluster = try PrivateCluster()
     defer { cluster.stop() }
+    let hba = cluster.directory + "/data/pg_hba.conf"
+    try (try String(contentsOfFile: hba, encoding: .utf8) + "\nhost all all 169.254.0.0/16 trust\n")
+      .write(toFile: hba, atomically: true, encoding: .utf8)
     let admin = try PGConnection(conninfo: cluster.url)
-    try admin.query("CREATE DATABASE soak")
+    try admin.simpleQuery(
+      """
+      ALTER SYSTEM SET listen_addresses = '127.0.0.1, \(Self.serverAddress)';
+      ALTER SYSTEM SET wal_sender_timeout = '5s';
+      ALTER SYSTEM SET tcp_keepalives_idle = 2;
+      ALTER SYSTEM SET tcp_keepalives_interval = 1;
+      ALTER SYSTEM SET tcp_keepalives_count = 3;
+      ALTER SYSTEM SET tcp_user_timeout = 5000;
+      ALTER SYSTEM SET client_connection_check_interval = '1s';
+      CREATE DATABASE soak;
+      """)
     admin.close()
+    try cluster.restart()
     let url = try TestCluster.databaseURL(cluster.url, "soak")
+    let port = URLComponents(string: url)?.port ?? 0
     var db = try TestDatabase(url: url)
     try ExamplesTests.load(db)
+    let receiver = try WebhookReceiver(host: Self.serverAddress)
     try db.sql(
       """
       INSERT INTO sluice.actor_roles (actor, role)
-        SELECT 'p' || g, 'player' FROM generate_series(0, 9) g
-        UNION ALL SELECT 'c' || g, 'customer' FROM generate_series(0, 9) g
+        SELECT 'p' || g, 'player' FROM generate_series(0, 11) g
+        UNION ALL SELECT 'c' || g, 'customer' FROM generate_series(0, 3) g
         UNION ALL VALUES ('staff', 'staff');
-      INSERT INTO shop.products VALUES ('plenty', 'Plenty', 1000000, 100), ('scarce', 'Scarce', 20, 100);
+      INSERT INTO shop.products VALUES ('plenty', 'Plenty', 1000000000, 100), ('scarce', 'Scarce', 20, 100);
+      -- Every source row as it was written: retention deletes the rows, the recount needs them.
+      CREATE TABLE public.soak_copy (source text, id text, doc jsonb NOT NULL, PRIMARY KEY (source, id));
+      CREATE FUNCTION public.soak_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO public.soak_copy VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.id::text, to_jsonb(NEW));
+        RETURN NULL;
+      END $$;
+      CREATE TRIGGER soak_copy AFTER INSERT ON game.actions FOR EACH ROW EXECUTE FUNCTION public.soak_copy();
+      CREATE TRIGGER soak_copy AFTER INSERT ON shop.orders FOR EACH ROW EXECUTE FUNCTION public.soak_copy();
+      CREATE TRIGGER soak_copy AFTER INSERT ON shop.restocks FOR EACH ROW EXECUTE FUNCTION public.soak_copy();
+      -- Poison: a handler that kills its own backend, one that hangs past the timeout.
+      CREATE FUNCTION game.poison_kill(e jsonb) RETURNS void LANGUAGE sql
+        AS $$ SELECT pg_terminate_backend(pg_backend_pid()) $$;
+      CREATE FUNCTION game.poison_hang(e jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(3600) $$;
+      INSERT INTO sluice.handlers (event_type, function)
+        VALUES ('poison_kill', 'game.poison_kill'), ('poison_hang', 'game.poison_hang');
+      INSERT INTO sluice.permission_rules (event_type, role)
+        VALUES ('poison_kill', 'anyone'), ('poison_hang', 'anyone'), ('notify', 'player');
+      -- Webhooks to a receiver that fails 20% of attempts and hangs 5% past the timeout.
+      INSERT INTO sluice.endpoints (name, url, timeout_ms, max_in_flight)
+        VALUES ('hook', '\(receiver.url("/chaos/20/3000/\(seed)"))', 1000, 8);
+      SELECT sluice.add_webhook('notify', 'hook');
+      -- Retention of the action rows.
+      UPDATE sluice.sources SET retain = '5 seconds' WHERE relation IN ('game.actions', 'shop.orders');
+      GRANT DELETE ON game.actions, shop.orders TO sluice_daemon;
       """)
-    let daemonURL = url.replacingOccurrences(of: "//postgres@", with: "//sluice_daemon@")
-    let environment = ["SLUICE_DATABASE_URL": daemonURL, "SLUICE_BATCH_SIZE": "200", "SLUICE_MAX_ATTEMPTS": "3"]
-    var daemon = try startDaemon(db, environment, binary: "sluice-examples")
+    let environment = [
+      "SLUICE_DATABASE_URL": "postgresql://sluice_daemon@\(Self.serverAddress):\(port)/soak", "SLUICE_SLOT": "soak",
+      "SLUICE_METRICS_ADDR": "off", "SLUICE_OUTCOMES": "on", "SLUICE_RETENTION_INTERVAL_S": "2",
+      "SLUICE_MAX_ATTEMPTS": "2", "SLUICE_HANDLER_TIMEOUT_MS": "1000", "SLUICE_BATCH_SIZE": "200",
+      "SLUICE_OUTBOX_BACKOFF_MS": "100", "SLUICE_OUTBOX_MAX_ATTEMPTS": "40",
+    ]
+    let binary = TestCluster.binDirectory.appendingPathComponent("sluice-examples").path
+    func start(_ node: Node) throws -> ChildProcess {
+      try ChildProcess(Self.ip, ["netns", "exec", node.namespace, binary, "run"], environment: environment)
+    }
+    var daemons = try nodes.map(start)
+    #expect(
+      try eventually(60, "a daemon to stream: \(daemons.map { $0.standardError.suffix(500) })") {
+        daemons.contains { $0.standardError.contains("info streaming") }
+      })
+    var peakRSS = 0.0
+    func restart(_ index: Int) throws {
+      peakRSS = max(peakRSS, Self.peakRSS(daemons[index]))
+      daemons[index] = try start(nodes[index])
+    }
+    /// Which node's daemon streams the slot now (by its walsender's address), if any.
+    func active() -> Int? {
+      let address = try? db.scalar(
+        """
+        SELECT host(client_addr) FROM pg_stat_activity
+        WHERE pid = (SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'soak')
+        """)
+      return nodes.firstIndex { $0.daemonAddress == address }
+    }
 
-    // Writers: each its own connection and its own users, reconnecting through faults.
+    // Writers: each its own connection and its own users, through every fault.
     let stop = StopSignal()
     let written = Atomic<Int>(0)
     let writersDone = Atomic<Int>(0)
-    let writers = (0..<3).map { writer in
+    let writers = (0..<4).map { writer in
       Thread { [url] in
         var random = SeededGenerator(seed: seed &+ UInt64(writer) &+ 1)
         var connection: PGConnection?
@@ -53,34 +194,33 @@ import Testing
             counter += 1
             let id = String(format: "%08x-0000-4000-8000-%012d", writer, counter)
             let user = "p\(writer * 3 + Int.random(in: 0..<3, using: &random))"
-            switch Int.random(in: 0..<10, using: &random) {
-            case 0 where Int.random(in: 0..<8, using: &random) == 0:
-              // Poison: a dedupe key or a type over the limits, or a user id
-              // over them. Each must be rejected and stop nothing.
-              let long = String(repeating: "p", count: 1025 + Int.random(in: 0..<3000, using: &random))
-              let (key, type, who): (String?, String, String) =
-                switch Int.random(in: 0..<3, using: &random) {
-                case 0: (long, "award_xp", user)
-                case 1: (nil, long, user)
-                default: (nil, "award_xp", long)
-                }
+            switch Int.random(in: 0..<20, using: &random) {
+            case 0..<8:
+              // Awards; one in four with a dedupe key shared across this user's devices.
+              let key = Int.random(in: 0..<4, using: &random) == 0 ? "daily-\(counter % 40)" : nil
               try connection!.query(
-                "INSERT INTO game.actions (id, user_id, type, payload, dedupe_key) VALUES ($1, $2, $3, '{\"xp\": 1}', $4)",
-                [id, who, type, key])
-            case 0..<5:
-              try connection!.query(
-                "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'award_xp', $3::jsonb)",
-                [id, user, "{\"xp\": \(Int.random(in: 1...500, using: &random))}"])
+                "INSERT INTO game.actions (id, user_id, type, payload, dedupe_key) VALUES ($1, $2, 'award_xp', $3::jsonb, $4)",
+                [id, user, "{\"xp\": \(Int.random(in: 1...500, using: &random))}", key])
               awards[user, default: []].append(id)
-            case 5:
-              // Undo one of this user's earlier awards, each at most once.
+            case 8..<10:
+              // Undo one of this user's awards; now and then one already undone.
               guard var list = awards[user], !list.isEmpty else { continue }
-              let target = list.remove(at: Int.random(in: 0..<list.count, using: &random))
+              let index = Int.random(in: 0..<list.count, using: &random)
+              let target = Int.random(in: 0..<10, using: &random) == 0 ? list[index] : list.remove(at: index)
               awards[user] = list
               try connection!.query(
                 "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'undo', $3::jsonb)",
                 [id, user, "{\"action_id\": \"\(target)\"}"])
-            case 6..<9:
+            case 10:
+              // An actor without the player role: denied.
+              try connection!.query(
+                "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'award_xp', '{\"xp\": 9}')",
+                [id, "nobody\(writer)"])
+            case 11..<13:
+              try connection!.query(
+                "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'notify', $3::jsonb)",
+                [id, user, "{\"n\": \(counter)}"])
+            case 13..<18:
               try connection!.query(
                 "INSERT INTO shop.orders (id, customer_id, product_id, quantity) VALUES ($1, $2, $3, $4)",
                 [
@@ -93,9 +233,9 @@ import Testing
                 [id, Bool.random(using: &random) ? "plenty" : "scarce", String(Int.random(in: 1...5, using: &random))])
             }
             written.add(1, ordering: .relaxed)
-            usleep(1_000)  // a steady load (~1,000 writes/s per writer), not a flood
+            usleep(2_000)  // a steady load, not a flood
           } catch {
-            // Postgres restarting: the row may or may not have committed; the model reads what did.
+            // Postgres restarting: the row may or may not have committed; the recount reads what did.
             connection = nil
             usleep(50_000)
           }
@@ -106,116 +246,208 @@ import Testing
     writers.forEach { $0.start() }
 
     var faults: [Fault: Int] = [:]
-    var recoveries: [Double] = []
+    var recoveries: [Fault: [Double]] = [:]
+    var poison = 0
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
-      usleep(UInt32(Int.random(in: 800...2_500, using: &random)) * 1000)
-      let fault = Fault.allCases.randomElement(using: &random)!
-      let before = try? XPFixture.ledgerCount(db)
+      usleep(UInt32(Int.random(in: 500...2_500, using: &random)) * 1000)
+      var fault = Fault.allCases.randomElement(using: &random)!
+      // Poison is costly to retry: one fault in twenty.
+      if fault == .poisonKill || fault == .poisonHang, Int.random(in: 0..<10, using: &random) != 0 {
+        fault = .sigkillStandby
+      }
+      let streaming = active()
+      let before = (try? XPFixture.ledgerCount(db)) ?? 0
       let started = Date()
       switch fault {
-      case .sigkill, .sigterm:
-        daemon.signal(fault == .sigkill ? SIGKILL : SIGTERM)
-        let status = daemon.waitForExit(seconds: 10)
-        if fault == .sigterm { #expect(status == 0, "SIGTERM exit: \(daemon.standardError.suffix(500))") }
-        daemon = try startDaemon(db, environment, binary: "sluice-examples")
+      case .sigkillActive, .sigtermActive, .sigkillStandby, .sigtermStandby:
+        let wantActive = fault == .sigkillActive || fault == .sigtermActive
+        let index = wantActive ? (streaming ?? 0) : 1 - (streaming ?? 1)
+        let kill = fault == .sigkillActive || fault == .sigkillStandby
+        peakRSS = max(peakRSS, Self.peakRSS(daemons[index]))
+        daemons[index].signal(kill ? SIGKILL : SIGTERM)
+        let status = daemons[index].waitForExit(seconds: 15)
+        if !kill { #expect(status == 0, "SIGTERM exit: \(daemons[index].standardError.suffix(800))") }
+        try restart(index)
       case .restartPostgres:
         try cluster.restart()
         db = try TestDatabase(url: url)
       case .killWalsender:
-        _ = try? db.sql(
-          "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", [db.slot])
+        _ = try? db.sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'soak'")
       case .killHandlerBackend:
         _ = try? db.sql(
           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'sluice_daemon' AND application_name = 'sluice' AND backend_type = 'client backend'"
         )
+      case .partition:
+        guard let cut = streaming else { continue }
+        try Self.ip("link", "set", nodes[cut].hostSide, "down")
+        // Healed once the other daemon streams (or after 30 s).
+        _ = try eventually(30, "the standby to take over from a partitioned daemon") { active() == 1 - cut }
+        try Self.ip("link", "set", nodes[cut].hostSide, "up")
+      case .poisonKill, .poisonHang:
+        poison += 1
+        try db.sql(
+          "INSERT INTO game.actions (id, user_id, type, payload) VALUES (gen_random_uuid(), 'p0', $1, '{}')",
+          [fault == .poisonKill ? "poison_kill" : "poison_hang"])
       }
       faults[fault, default: 0] += 1
       // Recovered once the ledger moves past where it was (the writers keep it fed).
-      let baseline = before ?? 0
-      if try eventually(60, "recovery from \(fault.rawValue)", { ((try? XPFixture.ledgerCount(db)) ?? 0) > baseline }) {
-        recoveries.append(Date().timeIntervalSince(started))
+      if try eventually(60, "recovery from \(fault.rawValue)", { ((try? XPFixture.ledgerCount(db)) ?? 0) > before }) {
+        recoveries[fault, default: []].append(Date().timeIntervalSince(started))
       }
     }
     stop.set()
-    #expect(try eventually(10, "the writers to stop") { writersDone.load(ordering: .acquiring) == writers.count })
+    #expect(try eventually(20, "the writers to stop") { writersDone.load(ordering: .acquiring) == writers.count })
 
-    let sources = """
-      (SELECT count(*) FROM game.actions) + (SELECT count(*) FROM shop.orders) + (SELECT count(*) FROM shop.restocks)
-      """
-    let total = Int(try db.scalar("SELECT \(sources)") ?? "") ?? -1
+    let total = Int(try db.scalar("SELECT count(*) FROM public.soak_copy") ?? "") ?? -1
     #expect(
-      try eventually(120, "the ledger to catch up with \(total) source rows") { try XPFixture.ledgerCount(db) >= total }
-    )
-    daemon.signal(SIGTERM)
-    #expect(daemon.waitForExit() == 0, "\(daemon.standardError.suffix(3000))")
+      try eventually(180, "the ledger to catch up with \(total) source rows") {
+        try XPFixture.ledgerCount(db) >= total
+      })
+    #expect(
+      try eventually(180, "every webhook delivery to be final") {
+        try db.scalar("SELECT count(*) FROM sluice.outbox WHERE status = 'pending'") == "0"
+      })
+    for daemon in daemons {
+      peakRSS = max(peakRSS, Self.peakRSS(daemon))
+      daemon.signal(SIGTERM)
+      #expect(daemon.waitForExit(seconds: 30) == 0, "\(daemon.standardError.suffix(2000))")
+    }
 
-    // Every source row has exactly one ledger row, and nothing else is in the ledger.
-    let lost =
-      Int(
-        try db.scalar(
-          """
-          SELECT count(*) FROM (SELECT 'game.actions' s, id::text i FROM game.actions
-            UNION ALL SELECT 'shop.orders', id::text FROM shop.orders
-            UNION ALL SELECT 'shop.restocks', id::text FROM shop.restocks) src
-          WHERE NOT EXISTS (SELECT 1 FROM sluice.event_log l WHERE l.source = src.s AND l.event_id = src.i)
-          """) ?? "") ?? -1
-    #expect(lost == 0)
-    #expect(try XPFixture.ledgerCount(db) == total)
-    // XP from the source rows alone: valid awards minus the awards their undos name.
-    let xpMismatches =
-      Int(
-        try db.scalar(
-          """
-          WITH awards AS (SELECT id, user_id, (payload->>'xp')::int xp FROM game.actions WHERE type = 'award_xp'
-                          AND octet_length(user_id) <= 1024 AND octet_length(coalesce(dedupe_key, '')) <= 1024),
-          undone AS (SELECT a.id FROM game.actions u JOIN awards a ON a.id = (u.payload->>'action_id')::uuid
-                     AND a.user_id = u.user_id WHERE u.type = 'undo'),
-          model AS (SELECT a.user_id, sum(a.xp) FILTER (WHERE u.id IS NULL) xp
-                    FROM awards a LEFT JOIN undone u USING (id) GROUP BY a.user_id)
-          SELECT count(*) FROM model m FULL JOIN game.user_xp x USING (user_id) WHERE coalesce(m.xp, 0) IS DISTINCT FROM x.xp
-          """) ?? "") ?? -1
-    #expect(xpMismatches == 0, "XP differs from the model for \(xpMismatches) users")
-    // Stock: 'plenty' never runs out, so its model is exact; 'scarce' must match its placed orders.
+    // The recount: hash joins over the copies and the ledger, linear in the events.
+    func count(_ sql: String) throws -> Int { Int(try db.scalar(sql) ?? "") ?? -1 }
+    let ledger = "sluice.event_log l ON l.source = c.source AND l.event_id = c.id"
+    let lost = try count("SELECT count(*) FROM public.soak_copy c LEFT JOIN \(ledger) WHERE l.event_id IS NULL")
+    #expect(lost == 0, "source rows without their ledger row")
+    #expect(try XPFixture.ledgerCount(db) == total, "one ledger row per source row, and no other")
+    // Every poison event dead, and no other.
+    let poisonAlive = try count(
+      "SELECT count(*) FROM public.soak_copy c JOIN \(ledger) WHERE c.doc->>'type' LIKE 'poison%' AND l.status <> 'dead'"
+    )
+    #expect(poisonAlive == 0)
+    let deadOthers = try count(
+      "SELECT count(*) FROM sluice.event_log WHERE status = 'dead' AND event_type NOT LIKE 'poison%'")
+    #expect(deadOthers == 0, "events dead that are not poison")
+    // The verdicts: no role, denied; per (user, dedupe key) exactly one allowed award owns it.
+    #expect(
+      try count(
+        "SELECT count(*) FROM public.soak_copy c JOIN \(ledger) WHERE c.doc->>'user_id' LIKE 'nobody%' AND l.status <> 'denied'"
+      ) == 0)
+    #expect(
+      try count(
+        """
+        SELECT count(*) FROM (
+          SELECT c.doc->>'user_id', c.doc->>'dedupe_key', count(*) FILTER (WHERE l.status <> 'duplicate') AS owners
+          FROM public.soak_copy c JOIN \(ledger)
+          WHERE c.doc->>'dedupe_key' IS NOT NULL AND l.status <> 'denied' GROUP BY 1, 2) k
+        WHERE owners <> 1
+        """) == 0, "a dedupe key owned by other than one event")
+    // XP: the applied awards, less those an applied undo names.
+    let xpMismatches = try count(
+      """
+      WITH awards AS (
+        SELECT c.id, c.doc->>'user_id' AS user_id, (c.doc->'payload'->>'xp')::bigint AS xp
+        FROM public.soak_copy c JOIN \(ledger)
+        WHERE c.source = 'game.actions' AND c.doc->>'type' = 'award_xp' AND l.status = 'applied'),
+      undone AS (
+        SELECT DISTINCT c.doc->'payload'->>'action_id' AS id
+        FROM public.soak_copy c JOIN \(ledger)
+        WHERE c.source = 'game.actions' AND c.doc->>'type' = 'undo' AND l.status = 'applied'),
+      model AS (
+        SELECT a.user_id, sum(a.xp) FILTER (WHERE u.id IS NULL) AS xp
+        FROM awards a LEFT JOIN undone u ON u.id = a.id GROUP BY a.user_id)
+      SELECT count(*) FROM model m FULL JOIN game.user_xp x USING (user_id)
+      WHERE coalesce(m.xp, 0) IS DISTINCT FROM coalesce(x.xp, 0)
+      """)
+    #expect(xpMismatches == 0, "XP differs from the recount for \(xpMismatches) users")
+    let doubled = try count(
+      """
+      SELECT (SELECT count(*) FROM game.xp_awards)
+             - (SELECT count(*) FROM sluice.event_log WHERE event_type = 'award_xp' AND status = 'applied')
+      """)
+    #expect(doubled == 0, "award effects differ from applied awards by \(doubled)")
+    let undoneTwice = try count(
+      """
+      SELECT count(*) FROM (SELECT c.doc->'payload'->>'action_id' FROM public.soak_copy c JOIN \(ledger)
+                            WHERE c.doc->>'type' = 'undo' AND l.status = 'applied' GROUP BY 1 HAVING count(*) > 1) u
+      """)
+    #expect(undoneTwice == 0, "an award undone twice")
+    // Stock: the start, plus the restocks, less the placed orders.
     let stock = try db.sql(
       """
-      SELECT p.id, p.stock,
-             (CASE p.id WHEN 'plenty' THEN 1000000 ELSE 20 END)
-             + coalesce((SELECT sum(quantity) FROM shop.restocks r WHERE r.product_id = p.id), 0)
-             - coalesce((SELECT sum(o.quantity) FROM shop.orders o JOIN shop.order_status s ON s.order_id = o.id
-                         WHERE o.product_id = p.id AND s.status = 'placed'), 0)
-      FROM shop.products p ORDER BY p.id
+      WITH restocked AS (
+        SELECT c.doc->>'product_id' AS id, sum((c.doc->>'quantity')::int) AS n FROM public.soak_copy c JOIN \(ledger)
+        WHERE c.source = 'shop.restocks' AND l.status = 'applied' GROUP BY 1),
+      placed AS (
+        SELECT c.doc->>'product_id' AS id, sum((c.doc->>'quantity')::int) AS n FROM public.soak_copy c
+        JOIN shop.order_status s ON s.order_id::text = c.id
+        WHERE c.source = 'shop.orders' AND s.status = 'placed' GROUP BY 1)
+      SELECT p.id, p.stock, (CASE p.id WHEN 'plenty' THEN 1000000000 ELSE 20 END)
+                            + coalesce(r.n, 0) - coalesce(o.n, 0)
+      FROM shop.products p LEFT JOIN restocked r USING (id) LEFT JOIN placed o USING (id) ORDER BY p.id
       """
     ).rows
     for row in stock {
-      #expect(row[1] == row[2], "stock of \(row[0] ?? "?") is \(row[1] ?? "?"), model says \(row[2] ?? "?")")
-      #expect((Int(row[1] ?? "") ?? -1) >= 0)
+      #expect(row[1] == row[2], "stock of \(row[0] ?? "?") is \(row[1] ?? "?"), the recount says \(row[2] ?? "?")")
     }
-    #expect(
-      try db.scalar(
-        "SELECT count(*) FROM shop.orders o WHERE product_id = 'plenty' AND NOT EXISTS (SELECT 1 FROM shop.order_status s WHERE s.order_id = o.id AND s.status = 'placed')"
-      ) == "0")
-    let duplicated =
-      Int(
-        try db.scalar(
-          "SELECT (SELECT count(*) FROM game.xp_awards) - (SELECT count(*) FROM sluice.event_log WHERE event_type = 'award_xp' AND status = 'applied')"
-        )
-          ?? "") ?? -1
-    #expect(duplicated == 0)
-    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead'") == "0")
-    let poison = try db.scalar(
-      "SELECT count(*) FROM sluice.event_log WHERE status = 'rejected' AND reason LIKE '% bytes long; the limit is 1024'"
-    )
-    #expect((Int(poison ?? "") ?? 0) > 0, "the mix had poison rows")
+    let ordersWithoutStatus = try count(
+      """
+      SELECT count(*) FROM public.soak_copy c JOIN \(ledger) LEFT JOIN shop.order_status s ON s.order_id::text = c.id
+      WHERE c.source = 'shop.orders' AND l.status = 'applied' AND s.order_id IS NULL
+      """)
+    #expect(ordersWithoutStatus == 0)
+    // Webhooks: one delivery per applied notify, each delivered, and the receiver got exactly those keys.
+    let notified = try count("SELECT count(*) FROM sluice.event_log WHERE event_type = 'notify' AND status = 'applied'")
+    let keys = Set(
+      try db.sql("SELECT idempotency_key FROM sluice.outbox WHERE status = 'delivered'").rows.compactMap { $0[0] })
+    #expect(try count("SELECT count(*) FROM sluice.outbox") == notified, "one delivery per applied notify")
+    #expect(keys.count == notified, "every delivery delivered")
+    let requests = receiver.requests
+    let answered = Set(requests.filter { (200..<300).contains($0.status) }.map(\.id))
+    #expect(keys.subtracting(answered).isEmpty, "delivered keys the receiver never answered 2xx")
+    #expect(Set(requests.map(\.id)).subtracting(keys).isEmpty, "requests with a key that is not a delivery")
+    // Retention deleted only rows of final events, and did delete.
+    let deletedRows = try count(
+      """
+      SELECT count(*) FROM public.soak_copy c
+      LEFT JOIN game.actions a ON c.source = 'game.actions' AND a.id::text = c.id
+      LEFT JOIN shop.orders o ON c.source = 'shop.orders' AND o.id::text = c.id
+      WHERE c.source IN ('game.actions', 'shop.orders') AND a.id IS NULL AND o.id IS NULL
+      """)
+    let deletedNotFinal = try count(
+      """
+      SELECT count(*) FROM public.soak_copy c JOIN \(ledger)
+      LEFT JOIN game.actions a ON c.source = 'game.actions' AND a.id::text = c.id
+      LEFT JOIN shop.orders o ON c.source = 'shop.orders' AND o.id::text = c.id
+      WHERE c.source IN ('game.actions', 'shop.orders') AND a.id IS NULL AND o.id IS NULL
+        AND l.status NOT IN ('applied', 'rejected', 'denied', 'duplicate')
+      """)
+    #expect(deletedNotFinal == 0, "retention deleted rows of events that were not final")
+    #expect(deletedRows > 0, "retention deleted nothing")
+    // Outcomes: one per event with an actor, with the ledger's status.
+    let outcomeMismatches = try count(
+      """
+      SELECT count(*) FROM sluice.event_log l FULL JOIN sluice.outcomes o USING (source, event_id)
+      WHERE (l.actor <> '' OR o.event_id IS NOT NULL) AND o.status IS DISTINCT FROM l.status
+      """)
+    #expect(outcomeMismatches == 0, "outcomes differ from the ledger")
 
+    let survived = faults.values.reduce(0, +)
+    let longest = recoveries.flatMap { $0.value }.max() ?? 0
+    let longestByKind = Fault.allCases.compactMap { fault in
+      recoveries[fault].flatMap { $0.max() }.map { "\(fault.rawValue) \(String(format: "%.1f", $0)) s" }
+    }.joined(separator: ", ")
     let faultList = Fault.allCases.map { "\($0.rawValue) \(faults[$0] ?? 0)" }.joined(separator: ", ")
     print(
       """
       soak: \(String(format: "%.0f", seconds)) s, seed \(seed)
-      soak: events \(total), writes \(written.load(ordering: .relaxed))
-      soak: faults: \(faultList)
-      soak: poison rows rejected \(poison ?? "?")
-      soak: events lost \(lost), effects duplicated \(duplicated), max recovery \(String(format: "%.2f", recoveries.max() ?? 0)) s
+      soak: faults survived \(survived): \(faultList)
+      soak: events \(total), writes \(written.load(ordering: .relaxed)), poison \(poison), webhook deliveries \(notified) (\(requests.count) attempts), source rows deleted by retention \(deletedRows)
+      soak: lost \(lost), doubled \(doubled), XP mismatches \(xpMismatches), outcome mismatches \(outcomeMismatches)
+      soak: longest recovery \(String(format: "%.1f", longest)) s; by fault: \(longestByKind)
+      soak: peak RSS of a daemon \(String(format: "%.1f", peakRSS)) MiB
       """)
+    let nonPartition = recoveries.filter { $0.key != .partition }.flatMap { $0.value }.max() ?? 0
+    #expect(nonPartition <= 10, "a recovery took \(nonPartition) s")
   }
 }

@@ -575,13 +575,14 @@ import Testing
   }
 }
 
-/// README "Call an edge function": its quoted SQL and receiver, run for real.
+/// docs/webhooks.md: its quoted SQL and receiver, run for real.
 @Suite struct EdgeFunctionTests {
   @Test func readmeQuotesTheTestedFiles() throws {
-    let readme = try String(contentsOf: ExamplesTests.repository.appendingPathComponent("README.md"), encoding: .utf8)
+    let readme = try String(
+      contentsOf: ExamplesTests.repository.appendingPathComponent("docs/webhooks.md"), encoding: .utf8)
     for file in ["edge_function.sql", "receiver.py"] {
       let text = try String(contentsOf: AddHandlerTests.examples.appendingPathComponent(file), encoding: .utf8)
-      #expect(readme.contains(text), "README.md must quote ReadmeExamples/\(file) verbatim")
+      #expect(readme.contains(text), "docs/webhooks.md must quote ReadmeExamples/\(file) verbatim")
     }
   }
 

@@ -159,7 +159,8 @@ extension Operations {
       outcomes: StatusReport.OutcomeSummary(
         on: configuration.outcomes, retentionSeconds: configuration.outcomeRetentionSeconds,
         waiting: configuration.outcomes || Outcomes.mayTouch("SELECT", on: connection)
-          ? try Outcomes.waiting(retentionSeconds: configuration.outcomeRetentionSeconds, on: connection) : 0))
+          ? try Outcomes.waiting(
+            retentionSeconds: configuration.outcomeRetentionSeconds, slot: configuration.slot, on: connection) : 0))
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may
@@ -381,7 +382,7 @@ extension Operations {
           Finding(
             ok: false, what: "outcomes: \(reader)",
             fix:
-              "keep row-level security on sluice.outcomes with only policy outcomes_own_actor for clients; a sync layer's role may read all rows only if its own rules give each user theirs (README \"Outcomes the client can see\")",
+              "keep row-level security on sluice.outcomes with only policy outcomes_own_actor for clients; a sync layer's role may read all rows only if its own rules give each user theirs (docs/outcomes.md)",
             warning: true))
       }
     } catch {

@@ -5,7 +5,7 @@ import SluicePostgres
 /// by `sluice compact`).
 ///
 /// The table has no index on its age (each index costs every event an
-/// insert: README "Outcomes the client can see", Cost). Instead, as source
+/// insert: docs/outcomes.md, Cost). Instead, as source
 /// retention does (SPEC section 10), each source's ledger rows are walked in
 /// commit order from where the last pass stopped
 /// (`sluice.outcome_retention_state`), up to the first event younger than
@@ -25,17 +25,32 @@ extension Outcomes {
   }
 
   /// The sources whose outcomes are walked: the registered ones, and any
-  /// walked before (a source dropped since keeps its walk).
+  /// walked before, and any that has outcomes (a source dropped since keeps its walk).
   static func walkedSources(on connection: PGConnection) throws -> [String] {
+    // A source removed before its first walk still has outcomes: found by a
+    // skip scan of the outcomes' primary key (one probe per source).
     try connection.query(
-      "SELECT relation FROM sluice.sources UNION SELECT source FROM sluice.outcome_retention_state ORDER BY 1"
+      """
+      WITH RECURSIVE held(source) AS (
+        SELECT min(source) FROM sluice.outcomes
+        UNION ALL
+        SELECT (SELECT min(o.source) FROM sluice.outcomes o WHERE o.source > held.source) FROM held
+        WHERE held.source IS NOT NULL)
+      SELECT relation FROM sluice.sources
+      UNION SELECT source FROM sluice.outcome_retention_state
+      UNION SELECT source FROM held WHERE source IS NOT NULL
+      ORDER BY 1
+      """
     ).rows.compactMap { $0[0] }
   }
 
   /// The next ledger rows of `source` past its walk (`$3`, `$4`), oldest
   /// first: event id, position, and whether older than the retention (`$2`
-  /// seconds). Backfilled events keep `Retention.backfillMargin` behind, as
-  /// for source rows.
+  /// seconds). Streamed events only up to the slot's confirmed position
+  /// (`$5`), as for source rows: a source transaction larger than a batch
+  /// commits in parts, and the walk must not pass a transaction whose other
+  /// rows are still to come. Backfilled events keep
+  /// `Retention.backfillMargin` behind, as for source rows.
   private static func nextSQL(backfilled: Bool, limit: Int) -> String {
     backfilled
       ? """
@@ -50,12 +65,21 @@ extension Outcomes {
              commit_lsn AS sort_key
       FROM sluice.event_log
       WHERE source = $1 AND commit_lsn IS NOT NULL AND (commit_lsn, event_id) > ($3::pg_lsn, $4)
+        AND commit_lsn <= $5::pg_lsn
       ORDER BY commit_lsn, event_id LIMIT \(limit)
       """
   }
 
-  private static func parameters(_ source: String, _ seconds: Int, _ state: [String?], backfilled: Bool) -> [String?] {
-    backfilled ? [source, String(seconds), state[2], state[3]] : [source, String(seconds), state[0], state[1]]
+  private static func parameters(
+    _ source: String, _ seconds: Int, _ state: [String?], backfilled: Bool, confirmed: String
+  ) -> [String?] {
+    backfilled
+      ? [source, String(seconds), state[2], state[3]] : [source, String(seconds), state[0], state[1], confirmed]
+  }
+
+  /// The slot's confirmed position ('0/0' without a slot: only backfilled events are walked).
+  static func confirmed(slot: String, on connection: PGConnection) throws -> String {
+    try Retention.confirmed(connection, slot: slot) ?? "0/0"
   }
 
   private static func state(_ source: String, lock: Bool, on connection: PGConnection) throws -> [String?] {
@@ -70,15 +94,15 @@ extension Outcomes {
   /// One batch of a walk, in the caller's transaction: the walked events'
   /// outcomes that may go deleted, those that must stay remembered, the
   /// position saved. Returns (events walked, outcomes deleted).
-  static func step(_ source: String, retentionSeconds: Int, backfilled: Bool, on connection: PGConnection) throws
-    -> (Int, Int)
-  {
+  static func step(
+    _ source: String, retentionSeconds: Int, backfilled: Bool, confirmed: String, on connection: PGConnection
+  ) throws -> (Int, Int) {
     try connection.query(
       "INSERT INTO sluice.outcome_retention_state (source) VALUES ($1) ON CONFLICT DO NOTHING", [source])
     let state = try state(source, lock: true, on: connection)
     let rows = try connection.query(
       nextSQL(backfilled: backfilled, limit: batchRows),
-      parameters(source, retentionSeconds, state, backfilled: backfilled)
+      parameters(source, retentionSeconds, state, backfilled: backfilled, confirmed: confirmed)
     ).rows
     // Up to the first event too young (commit times follow commit order).
     let walked = rows.prefix { $0[2] == "t" }
@@ -137,12 +161,13 @@ extension Outcomes {
 
   /// Deletes every outcome that may go, in transactions of at most
   /// `batchRows` walked events each; `pace` is called after each with the
-  /// outcomes deleted so far. A dry run counts them instead. Returns how many.
+  /// events walked so far. A dry run counts them instead. Returns how many.
   static func deleteExpired(
-    retentionSeconds: Int, on connection: PGConnection, dryRun: Bool, stop: () -> Bool = { false },
-    pace: (_ rows: Int) -> Void = { _ in }
+    retentionSeconds: Int, slot: String, on connection: PGConnection, dryRun: Bool, stop: () -> Bool = { false },
+    pace: (_ walked: Int) -> Void = { _ in }
   ) throws -> Int {
-    if dryRun { return try waiting(retentionSeconds: retentionSeconds, on: connection) }
+    if dryRun { return try waiting(retentionSeconds: retentionSeconds, slot: slot, on: connection) }
+    let confirmed = try confirmed(slot: slot, on: connection)
     func transaction<T>(_ body: () throws -> T) throws -> T {
       try connection.simpleQuery("BEGIN")
       do {
@@ -155,6 +180,7 @@ extension Outcomes {
       }
     }
     var deleted = 0
+    var walkedTotal = 0
     while !stop() {
       let released = try transaction { try releaseHeld(retentionSeconds: retentionSeconds, on: connection) }
       deleted += released
@@ -164,11 +190,14 @@ extension Outcomes {
       for backfilled in [false, true] {
         while !stop() {
           let (walked, rows) = try transaction {
-            try step(source, retentionSeconds: retentionSeconds, backfilled: backfilled, on: connection)
+            try step(
+              source, retentionSeconds: retentionSeconds, backfilled: backfilled, confirmed: confirmed, on: connection)
           }
           deleted += rows
+          walkedTotal += walked
           if walked < batchRows { break }
-          pace(deleted)
+          // Paced by what is read: a first walk over a long history deletes little.
+          pace(walkedTotal)
         }
       }
     }
@@ -179,7 +208,8 @@ extension Outcomes {
   /// those of the events the next walks would pass (counted among the next
   /// 100,000 events of each source, so that `status` stays cheap whatever
   /// the backlog; a larger backlog shows as 100,000 a source).
-  static func waiting(retentionSeconds: Int, on connection: PGConnection) throws -> Int {
+  static func waiting(retentionSeconds: Int, slot: String, on connection: PGConnection) throws -> Int {
+    let confirmed = try confirmed(slot: slot, on: connection)
     var total =
       Int(
         try connection.query(
@@ -199,8 +229,9 @@ extension Outcomes {
               WITH next AS MATERIALIZED (\(nextSQL(backfilled: backfilled, limit: 100_000))),
               walked AS (SELECT event_id, bool_and(old) OVER (ORDER BY sort_key, event_id) AS reached FROM next)
               SELECT count(*) FROM walked w JOIN sluice.outcomes o ON o.source = $1 AND o.event_id = w.event_id
-              WHERE w.reached AND \(expired("$5"))
-              """, parameters(source, retentionSeconds, state, backfilled: backfilled) + [String(retentionSeconds)]
+              WHERE w.reached AND \(expired("$2"))
+              """,
+              parameters(source, retentionSeconds, state, backfilled: backfilled, confirmed: confirmed)
             ).scalar ?? "") ?? 0
       }
     }

@@ -16,12 +16,13 @@ enum Outcomes {
     /// exist for a new ledger row (outcomes are only written with theirs,
     /// and a second writer of the same ledger row fails on the ledger's own
     /// key first), so a plain insert: an upsert costs half as much again
-    /// (README "Outcomes the client can see", Cost). One that someone wrote
+    /// (docs/outcomes.md, Cost). One that someone wrote
     /// by hand makes the statement fail as a ledger conflict; the batch then
     /// deletes such orphans (`deleteOrphans`) and goes again.
     case insert
     /// Changed ledger rows (`dlq`): each with an actor gets its outcome,
-    /// inserted or replaced (retention may have deleted it).
+    /// inserted or replaced (retention may have deleted it), and retention
+    /// is told to look at it again (its walk may be past the event).
     case upsert
     /// Outcomes that exist follow their ledger rows, none is added
     /// (`dlq` with outcomes off: rows written while they were on stay true).
@@ -59,7 +60,11 @@ enum Outcomes {
           SELECT source, event_id, actor, event_type, status, reason, commit_lsn, processed_at FROM l WHERE actor <> ''
           ON CONFLICT (source, event_id) DO UPDATE SET
             actor = EXCLUDED.actor, event_type = EXCLUDED.event_type, status = EXCLUDED.status,
-            reason = EXCLUDED.reason, commit_lsn = EXCLUDED.commit_lsn, processed_at = EXCLUDED.processed_at)
+            reason = EXCLUDED.reason, commit_lsn = EXCLUDED.commit_lsn, processed_at = EXCLUDED.processed_at),
+        -- Retention's walk may have passed this event: it must find the outcome again.
+        h AS (
+          INSERT INTO sluice.outcome_retention_held (source, event_id)
+          SELECT source, event_id FROM l WHERE actor <> '' ON CONFLICT DO NOTHING)
         SELECT count(*) FROM l
         """
     case .followExisting:
@@ -127,7 +132,7 @@ enum Outcomes {
   /// and bypasses row-level security (BYPASSRLS, or a member of the
   /// table's owner). Superusers and the owner itself are the
   /// administrators, not clients. A sync layer's own role is often such a
-  /// role: then its rules must give each user only their own rows (README).
+  /// role: then its rules must give each user only their own rows (docs/outcomes.md).
   static func readersOfOthers(on connection: PGConnection) throws -> [String] {
     var warnings: [String] = []
     let table = try connection.query(

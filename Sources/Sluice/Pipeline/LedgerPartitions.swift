@@ -2,8 +2,7 @@ import Logging
 import SluiceCore
 import SluicePostgres
 
-/// The ledger's partitions (SPEC 11, migration 007, README "The ledger's
-/// storage"): the filters of the sealed ones, built once and stored in
+/// The ledger's partitions (SPEC 11, migration 007, docs/ledger.md): the filters of the sealed ones, built once and stored in
 /// `sluice.ledger_partitions`, and the sealing of the hot one when it is full.
 public enum LedgerPartitions {
   /// The ledger on disk: every partition's table, indexes and TOAST.

@@ -335,11 +335,20 @@ extension Operations {
     // Outcomes (SPEC section 12), listed when they are on or some are old enough to go.
     guard configuration.outcomes || Outcomes.mayTouch("DELETE", on: connection) else { return passes }
     let started = ContinuousClock.now
-    let expired = try Outcomes.deleteExpired(
-      retentionSeconds: configuration.outcomeRetentionSeconds, on: connection, dryRun: dryRun)
-    if configuration.outcomes || expired > 0 {
+    do {
+      let expired = try Outcomes.deleteExpired(
+        retentionSeconds: configuration.outcomeRetentionSeconds, slot: configuration.slot, on: connection,
+        dryRun: dryRun)
+      if configuration.outcomes || expired > 0 {
+        passes.append(
+          Retention.Outcome(relation: "sluice.outcomes", rows: expired, seconds: started.duration(to: .now).inSeconds))
+      }
+    } catch let error as PostgresError where !error.isConnectionLoss && connection.isHealthy {
+      // As for a source: the command reports it and the other parts stand.
       passes.append(
-        Retention.Outcome(relation: "sluice.outcomes", rows: expired, seconds: started.duration(to: .now).inSeconds))
+        Retention.Outcome(
+          relation: "sluice.outcomes", rows: 0, seconds: started.duration(to: .now).inSeconds,
+          kept: "the walk stopped and tries again next pass: \(error.message)"))
     }
     return passes
   }

@@ -104,13 +104,14 @@ final class RetentionWorker: @unchecked Sendable {
   private func expireOutcomes(_ connection: PGConnection) throws {
     let started = ContinuousClock.now
     let deleted = try Outcomes.deleteExpired(
-      retentionSeconds: outcomeRetentionSeconds, on: connection, dryRun: false, stop: { stop.isSet }
-    ) { rows in
-      let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - started.duration(to: .now).inSeconds
+      retentionSeconds: outcomeRetentionSeconds, slot: slot, on: connection, dryRun: false, stop: { stop.isSet }
+    ) { walked in
+      let ahead = Double(walked) / Double(Self.maxRowsPerSecond) - started.duration(to: .now).inSeconds
       if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
     }
     metrics.outcomesExpired(deleted: deleted)
-    metrics.setOutcomesWaiting(try Outcomes.waiting(retentionSeconds: outcomeRetentionSeconds, on: connection))
+    metrics.setOutcomesWaiting(
+      try Outcomes.waiting(retentionSeconds: outcomeRetentionSeconds, slot: slot, on: connection))
     if deleted > 0 {
       logger.info(
         "retention deleted old outcomes",

@@ -22,7 +22,7 @@ public struct Configuration: Sendable, Equatable {
   /// How often retention runs; 0 = never (SPEC section 10).
   public var retentionIntervalSeconds: Int = 60
   /// Events per ledger partition: the hot one is sealed and a new one
-  /// opened when it holds this many (README "The ledger's storage").
+  /// opened when it holds this many (docs/ledger.md).
   public var ledgerPartitionEvents: Int = 1_000_000
   /// Whether each event's outcome is written to `sluice.outcomes` for its
   /// actor to read (SPEC section 12), how long an outcome is kept (seconds),

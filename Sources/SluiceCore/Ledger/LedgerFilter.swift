@@ -4,7 +4,7 @@
 /// lookup costs one memory access per filter, however big it is.
 /// The daemon keeps one per sealed ledger partition for its ids and one for
 /// its owned dedupe keys, so an event is looked up in sealed partitions only
-/// when one of them may hold it (README "The ledger's storage").
+/// when one of them may hold it (docs/ledger.md).
 ///
 /// Stored form (`bytes`): "SLB1", the probe count (1 byte), the bit count
 /// (8 bytes, big-endian, a multiple of 512), then the bits as big-endian

@@ -8,13 +8,16 @@ final class WebhookReceiver: @unchecked Sendable {
   let process: ChildProcess
   let logPath: String
   let port: Int
+  let host: String
 
-  init(secret: String? = nil) throws {
+  init(secret: String? = nil, host: String = "127.0.0.1") throws {
+    self.host = host
     logPath = NSTemporaryDirectory() + "sluice-receiver-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).jsonl"
     FileManager.default.createFile(atPath: logPath, contents: nil)
     let script = ExamplesTests.repository.appendingPathComponent("scripts/webhook-receiver").path
     process = try ChildProcess(
-      "/usr/bin/env", ["python3", script, "--log", logPath] + (secret.map { ["--secret", $0] } ?? []),
+      "/usr/bin/env",
+      ["python3", script, "--log", logPath, "--host", host] + (secret.map { ["--secret", $0] } ?? []),
       environment: [:])
     let deadline = Date().addingTimeInterval(20)
     var port: Int?
@@ -32,7 +35,7 @@ final class WebhookReceiver: @unchecked Sendable {
     try? FileManager.default.removeItem(atPath: logPath)
   }
 
-  func url(_ path: String) -> String { "http://127.0.0.1:\(port)\(path)" }
+  func url(_ path: String) -> String { "http://\(host):\(port)\(path)" }
 
   /// Every request received so far, in arrival order.
   var requests: [Request] {
