@@ -30,6 +30,9 @@ GRANT SELECT, INSERT, UPDATE ON sluice.event_log, sluice.stream_state TO sluice_
 -- The ledger's partitions: their filters (sealing itself is sluice.ledger_seal, run as the owner).
 GRANT SELECT, UPDATE ON sluice.ledger_partitions TO sluice_daemon;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.policy_mirror, sluice.attempts, sluice.pending_backfills TO sluice_daemon;
+-- Retention (SPEC section 10): where each source's walk stands. Deleting a
+-- source's rows needs its own grant: GRANT DELETE ON <source> TO sluice_daemon.
+GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.retention_state, sluice.retention_held TO sluice_daemon;
 GRANT EXECUTE ON FUNCTION sluice.reject(text) TO sluice_daemon;
 -- Outcomes (SPEC section 12): written, updated by `dlq retry`, deleted by
 -- retention. Row-level security is on for the table: this policy lets the

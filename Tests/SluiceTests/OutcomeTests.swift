@@ -584,5 +584,13 @@ import Testing
     #expect(again.waitForExit() == 0)
     #expect(try Self.outcomes(db)["g2"] == ["applied", nil, "ann", "award"])
     #expect(try XPFixture.statuses(db) == ["g1": "applied", "g2": "applied"])
+    // roles.sql lets the daemon's role run retention (the soak found it could not).
+    try db.sql(
+      "UPDATE sluice.sources SET retain = '0 seconds' WHERE relation = 'xp.actions'; GRANT DELETE ON xp.actions TO sluice_daemon"
+    )
+    let (compacted, compactOutput, compactErrors) = try runCommand(db, ["compact"], asDaemon)
+    #expect(compacted == 0, "\(compactErrors)")
+    #expect(compactOutput.contains("xp.actions: deleted 1 rows"), "\(compactOutput)\(compactErrors)")
+    #expect(try db.sql("SELECT id FROM xp.actions").rows == [["g1"]], "g1 was backfilled: kept 5 minutes longer")
   }
 }
