@@ -208,11 +208,17 @@ import Testing
               try connection!.query(
                 "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'undo', $3::jsonb)",
                 [id, user, "{\"action_id\": \"\(target)\"}"])
-            case 10:
+            case 10 where counter % 2 == 0:
               // An actor without the player role: denied.
               try connection!.query(
                 "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'award_xp', '{\"xp\": 9}')",
                 [id, "nobody\(writer)"])
+            case 10:
+              // A poison row: a dedupe key over the limit. Rejected, and it stops nothing.
+              let long = String(repeating: "k", count: 1025 + Int.random(in: 0..<3000, using: &random))
+              try connection!.query(
+                "INSERT INTO game.actions (id, user_id, type, payload, dedupe_key) VALUES ($1, $2, 'award_xp', '{\"xp\": 9}', $3)",
+                [id, user, long])
             case 11..<13:
               try connection!.query(
                 "INSERT INTO game.actions (id, user_id, type, payload) VALUES ($1, $2, 'notify', $3::jsonb)",
@@ -337,7 +343,8 @@ import Testing
         SELECT count(*) FROM (
           SELECT c.doc->>'user_id', c.doc->>'dedupe_key', count(*) FILTER (WHERE l.status <> 'duplicate') AS owners
           FROM public.soak_copy c JOIN \(ledger)
-          WHERE c.doc->>'dedupe_key' IS NOT NULL AND l.status <> 'denied' GROUP BY 1, 2) k
+          WHERE c.doc->>'dedupe_key' IS NOT NULL AND octet_length(c.doc->>'dedupe_key') <= 1024
+            AND l.status <> 'denied' GROUP BY 1, 2) k
         WHERE owners <> 1
         """) == 0, "a dedupe key owned by other than one event")
     // XP: the applied awards, less those an applied undo names.
@@ -430,6 +437,10 @@ import Testing
       WHERE (l.actor <> '' OR o.event_id IS NOT NULL) AND o.status IS DISTINCT FROM l.status
       """)
     #expect(outcomeMismatches == 0, "outcomes differ from the ledger")
+    let poisonRows = try count(
+      "SELECT count(*) FROM sluice.event_log WHERE status = 'rejected' AND reason LIKE '% bytes long; the limit is 1024'"
+    )
+    #expect(poisonRows > 0 || seconds < 60, "the mix had rows over the limits")
 
     let survived = faults.values.reduce(0, +)
     let longest = recoveries.flatMap { $0.value }.max() ?? 0
@@ -441,7 +452,7 @@ import Testing
       """
       soak: \(String(format: "%.0f", seconds)) s, seed \(seed)
       soak: faults survived \(survived): \(faultList)
-      soak: events \(total), writes \(written.load(ordering: .relaxed)), poison \(poison), webhook deliveries \(notified) (\(requests.count) attempts), source rows deleted by retention \(deletedRows)
+      soak: events \(total), writes \(written.load(ordering: .relaxed)), poison events \(poison), rows over the limits rejected \(poisonRows), webhook deliveries \(notified) (\(requests.count) attempts), source rows deleted by retention \(deletedRows)
       soak: lost \(lost), doubled \(doubled), XP mismatches \(xpMismatches), outcome mismatches \(outcomeMismatches)
       soak: longest recovery \(String(format: "%.1f", longest)) s; by fault: \(longestByKind)
       soak: peak RSS of a daemon \(String(format: "%.1f", peakRSS)) MiB
