@@ -255,10 +255,13 @@ import Testing
     while Date() < deadline {
       usleep(UInt32(Int.random(in: 500...2_500, using: &random)) * 1000)
       var fault = Fault.allCases.randomElement(using: &random)!
-      // Poison is costly to retry: one fault in twenty.
+      // Poison is costly to retry, and a partition waits for the server to notice the silence (about 30 s):
+      // each one fault in twenty or so. The first two faults are one poison event of each kind.
       if fault == .poisonKill || fault == .poisonHang, Int.random(in: 0..<10, using: &random) != 0 {
         fault = .sigkillStandby
       }
+      if fault == .partition, Bool.random(using: &random) { fault = .killWalsender }
+      if poison < 2 { fault = poison == 0 ? .poisonKill : .poisonHang }
       let streaming = active()
       let before = (try? XPFixture.ledgerCount(db)) ?? 0
       let started = Date()
@@ -457,7 +460,9 @@ import Testing
       soak: longest recovery \(String(format: "%.1f", longest)) s; by fault: \(longestByKind)
       soak: peak RSS of a daemon \(String(format: "%.1f", peakRSS)) MiB
       """)
+    // Recovery within 10 s of every fault but a silent partition, whose bound (SPEC 6, 8) is 60 s.
     let nonPartition = recoveries.filter { $0.key != .partition }.flatMap { $0.value }.max() ?? 0
     #expect(nonPartition <= 10, "a recovery took \(nonPartition) s")
+    #expect((recoveries[.partition]?.max() ?? 0) <= 60)
   }
 }
