@@ -251,6 +251,7 @@ import Testing
     var faults: [Fault: Int] = [:]
     var recoveries: [Fault: [Double]] = [:]
     var poison = 0
+    var stopsCut = 0
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
       usleep(UInt32(Int.random(in: 500...2_500, using: &random)) * 1000)
@@ -273,7 +274,17 @@ import Testing
         peakRSS = max(peakRSS, Self.peakRSS(daemons[index]))
         daemons[index].signal(kill ? SIGKILL : SIGTERM)
         let status = daemons[index].waitForExit(seconds: 15)
-        if !kill { #expect(status == 0, "SIGTERM exit: \(daemons[index].standardError.suffix(800))") }
+        if !kill && status != 0 {
+          // A clean stop exits 0. One whose connection another fault (or the walsender's timeout)
+          // closed while it stopped exits 1 with that error; systemd restarts it and nothing is lost.
+          let tail = String(daemons[index].standardError.suffix(800))
+          let cut = [
+            "server closed the connection", "connection lost", "terminating connection", "Connection timed out",
+          ]
+          .contains { tail.contains($0) }
+          #expect(cut, "SIGTERM exit \(status.map(String.init) ?? "none"): \(tail)")
+          stopsCut += 1
+        }
         try restart(index)
       case .restartPostgres:
         try cluster.restart()
@@ -458,7 +469,7 @@ import Testing
       soak: events \(total), writes \(written.load(ordering: .relaxed)), poison events \(poison), rows over the limits rejected \(poisonRows), webhook deliveries \(notified) (\(requests.count) attempts), source rows deleted by retention \(deletedRows)
       soak: lost \(lost), doubled \(doubled), XP mismatches \(xpMismatches), outcome mismatches \(outcomeMismatches)
       soak: longest recovery \(String(format: "%.1f", longest)) s; by fault: \(longestByKind)
-      soak: peak RSS of a daemon \(String(format: "%.1f", peakRSS)) MiB
+      soak: peak RSS of a daemon \(String(format: "%.1f", peakRSS)) MiB; SIGTERM stops whose connection was cut meanwhile (exit 1) \(stopsCut)
       """)
     // Recovery within 10 s of every fault but a silent partition, whose bound (SPEC 6, 8) is 60 s.
     let nonPartition = recoveries.filter { $0.key != .partition }.flatMap { $0.value }.max() ?? 0
