@@ -168,17 +168,7 @@ extension Outcomes {
   ) throws -> Int {
     if dryRun { return try waiting(retentionSeconds: retentionSeconds, slot: slot, on: connection) }
     let confirmed = try confirmed(slot: slot, on: connection)
-    func transaction<T>(_ body: () throws -> T) throws -> T {
-      try connection.simpleQuery("BEGIN")
-      do {
-        let result = try body()
-        try connection.simpleQuery("COMMIT")
-        return result
-      } catch {
-        _ = try? connection.simpleQuery("ROLLBACK")
-        throw error
-      }
-    }
+    func transaction<T>(_ body: () throws -> T) throws -> T { try Retention.transaction(connection, body) }
     var deleted = 0
     var walkedTotal = 0
     while !stop() {

@@ -124,7 +124,7 @@ enum Outcomes {
     (try? connection.query("SELECT has_table_privilege('sluice.outcomes', $1)", [privilege]).scalar) == "t"
   }
 
-  // MARK: - Who can read them
+  // MARK: - Who reads other actors' outcomes
 
   /// Why roles other than the daemon's own could read outcomes of other
   /// actors (`sluice check`): row-level security off, a policy other than

@@ -244,16 +244,7 @@ public enum Retention {
     if dryRun { try connection.simpleQuery("BEGIN") }
     defer { if dryRun { _ = try? connection.simpleQuery("ROLLBACK") } }
     func transaction<T>(_ body: () throws -> T) throws -> T {
-      if dryRun { return try body() }
-      try connection.simpleQuery("BEGIN")
-      do {
-        let result = try body()
-        try connection.simpleQuery("COMMIT")
-        return result
-      } catch {
-        _ = try? connection.simpleQuery("ROLLBACK")
-        throw error
-      }
+      dryRun ? try body() : try Self.transaction(connection, body)
     }
     var outcomes: [Outcome] = []
     for source in try sources(connection, publication: publication) {
@@ -301,6 +292,19 @@ public enum Retention {
           kept: failures.first.map { "some rows could not be deleted and stay: \($0)" }))
     }
     return outcomes
+  }
+
+  /// `body` in a transaction of its own: committed, or rolled back if it throws.
+  static func transaction<T>(_ connection: PGConnection, _ body: () throws -> T) throws -> T {
+    try connection.simpleQuery("BEGIN")
+    do {
+      let result = try body()
+      try connection.simpleQuery("COMMIT")
+      return result
+    } catch {
+      _ = try? connection.simpleQuery("ROLLBACK")
+      throw error
+    }
   }
 
   /// For `status`: per source with `retain`, final events past its walk
