@@ -354,6 +354,35 @@ import Testing
     #expect(try Self.outcomes(db)["b-dead"] == nil)
   }
 
+  /// Look-alike actors: a composed and a decomposed "josé" are two actors,
+  /// and each sees only their own outcome (identities compare byte-wise).
+  @Test func lookAlikeActorsSeeOnlyTheirOwnOutcomes() throws {
+    let db = try TestDatabase("outcome_lookalike")
+    try Self.install(db)
+    let composed = "jos\u{E9}"
+    let decomposed = "jose\u{301}"
+    let daemon = try startDaemon(db, Self.on.merging(["SLUICE_MAX_ATTEMPTS": "1"]) { $1 })
+    try db.sql(
+      "INSERT INTO xp.actions (id, user_id, type) VALUES ('c1', $1, 'mark'), ('d1', $2, 'mark')",
+      [composed, decomposed])
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 2 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let reader = Self.role(db, "lookalike")
+    try db.sql(
+      "CREATE ROLE \(reader); GRANT USAGE ON SCHEMA sluice TO \(reader); GRANT SELECT ON sluice.outcomes TO \(reader)")
+    defer { _ = try? db.sql("DROP OWNED BY \(reader); DROP ROLE \(reader)") }
+    func seen(_ actor: String) throws -> [[String?]] {
+      try db.sql("BEGIN; SET LOCAL ROLE \(reader)")
+      defer { _ = try? db.sql("ROLLBACK") }
+      try db.sql("SELECT set_config('sluice.actor', $1, true)", [actor])
+      return try db.sql("SELECT event_id FROM sluice.outcomes ORDER BY 1").rows
+    }
+    #expect(try seen(composed) == [["c1"]])
+    #expect(try seen(decomposed) == [["d1"]])
+    #expect(try seen("jose") == [])
+  }
+
   /// A role for this test's database (roles are cluster-wide).
   static func role(_ db: TestDatabase, _ name: String) -> String { String("\(name)_\(db.slot)".prefix(63)) }
 
