@@ -73,8 +73,9 @@ public final class PGConnection: @unchecked Sendable {
   /// - client_connection_check_interval (Postgres 14+) aborts a running
   ///   statement within a second of the daemon dying, so a hung handler
   ///   cannot keep the slot's lock;
-  /// - server-side TCP keepalives and user timeout, so a partitioned
-  ///   daemon's sessions end on the server too.
+  ///
+  /// The server's side of the TCP keepalives (`keepaliveOptions`) comes
+  /// first, before the user's own options, which may override it.
   public static let pinnedOptions =
     "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
     + " -c client_connection_check_interval=1000"
@@ -82,19 +83,30 @@ public final class PGConnection: @unchecked Sendable {
     + " -c default_transaction_read_only=off -c search_path=public"
     + " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
     + " -c idle_session_timeout=0"
-    // The server's side of a silent network partition: without these, the
-    // backend of a daemon cut off from the server keeps its session (and the
-    // slot's advisory lock) for the OS default of about two hours, and no
-    // standby can take over. With them it notices within about 30 s.
-    + " -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=30000"
 
-  /// The `options` for a connection: the user's own (from the URL or
-  /// conninfo) first, then the pinned ones, which win where both set a value.
+  /// How long a silent peer is given, on both sides of every connection: TCP
+  /// keepalives after 2 s idle, 3 probes 1 s apart, and 5 s for data left
+  /// unacknowledged. Without them, the backend of a daemon cut off from the
+  /// server by a silent partition keeps its session (and the slot's advisory
+  /// lock) for the OS default of about two hours; with them the server ends
+  /// it within about 5 s, and a standby takes over within 10 s (SPEC 6).
+  /// Only an unanswered peer counts: a busy one acknowledges at the TCP level.
+  public static let silentPeer = (idleSeconds: 2, intervalSeconds: 1, probes: 3, unacknowledgedMilliseconds: 5000)
+
+  /// The server's side of `silentPeer`, for the session. A URL's own
+  /// `options` come after, so they can lengthen it (a lossy network).
+  public static let keepaliveOptions =
+    "-c tcp_keepalives_idle=\(silentPeer.idleSeconds) -c tcp_keepalives_interval=\(silentPeer.intervalSeconds)"
+    + " -c tcp_keepalives_count=\(silentPeer.probes) -c tcp_user_timeout=\(silentPeer.unacknowledgedMilliseconds)"
+
+  /// The `options` for a connection: the keepalives, then the user's own
+  /// (from the URL or conninfo), then the pinned ones, which win where both
+  /// set a value.
   public static func options(for conninfo: String) -> String {
     let user = conninfoValue(conninfo, "options") ?? getenv("PGOPTIONS").map { String(cString: $0) } ?? ""
-    guard !user.isEmpty else { return pinnedOptions }
+    guard !user.isEmpty else { return keepaliveOptions + " " + pinnedOptions }
     // Two spaces: if the user's options end in a backslash, it escapes the first only.
-    return user + "  " + pinnedOptions
+    return keepaliveOptions + " " + user + "  " + pinnedOptions
   }
 
   /// One keyword's value in a URI or `key=value` conninfo (PQconninfoParse), nil if unset or unparsable.
@@ -118,9 +130,11 @@ public final class PGConnection: @unchecked Sendable {
   /// connection (`replication=database`).
   public init(conninfo: String, replication: Bool = false, applicationName: String = "sluice") throws {
     // TCP keepalives first, so that the user's own URL settings override them: a
-    // silent network cut is noticed within about half a minute, not never.
+    // silent network cut is noticed within seconds, not never.
+    let peer = Self.silentPeer
     var keys = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
-    var values = ["1", "10", "5", "3", "30000"]
+    var values =
+      ["1"] + [peer.idleSeconds, peer.intervalSeconds, peer.probes, peer.unacknowledgedMilliseconds].map(String.init)
     // client_encoding after dbname, so that it wins over the URL's and PGCLIENTENCODING:
     // text must arrive as UTF-8, or distinct identities could decode alike.
     keys += ["dbname", "options", "fallback_application_name", "client_encoding"]

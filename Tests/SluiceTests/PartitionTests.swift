@@ -5,10 +5,12 @@ import Testing
 
 /// SPEC section 6 and 8: a daemon cut off from Postgres by a silent network
 /// partition (packets vanish, nobody gets an error) must not keep the slot:
-/// a standby streams within 60 s, and once the link heals nothing is lost
+/// a standby streams within 10 s, and once the link heals nothing is lost
 /// or doubled. The streaming daemon runs in a network namespace of the
 /// test's own, reaching Postgres over a veth pair whose host side the test
-/// takes down. Needs root and iproute2 (CI has both).
+/// takes down. The server keeps its defaults (no keepalives, a 60 s
+/// wal_sender_timeout): the daemon's own session settings must do. Needs
+/// root and iproute2 (CI has both).
 @Suite(.serialized) struct PartitionTests {
   static let ip = "/usr/sbin/ip"
 
@@ -77,7 +79,7 @@ import Testing
       try eventually(75, "the standby to stream") { standby.standardError.contains("info streaming") })
     let takeover = Date().timeIntervalSince(cut)
     print("standby streaming \(String(format: "%.1f", takeover)) s after the partition")
-    #expect(takeover < 60)
+    #expect(takeover < 10)
     #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 400 })
 
     // The link heals: the cut-off daemon finds the slot taken and waits.

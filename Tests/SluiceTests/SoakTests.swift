@@ -90,20 +90,15 @@ import Testing
     let nodes = try (0..<2).map { try Self.makeNode($0, tag: tag) }
     defer { nodes.forEach(Self.removeNode) }
 
-    // Postgres, listening there too, and quick to notice a peer that vanished.
+    // Postgres, listening there too, with its defaults otherwise: noticing a
+    // silent daemon is up to the daemon's own session settings.
     let cluster = try PrivateCluster()
     defer { cluster.stop() }
     let hba = cluster.directory + "/data/pg_hba.conf"
     try (try String(contentsOfFile: hba, encoding: .utf8) + "\nhost all all 169.254.0.0/16 trust\n")
       .write(toFile: hba, atomically: true, encoding: .utf8)
     let admin = try PGConnection(conninfo: cluster.url)
-    for setting in [
-      "listen_addresses = '127.0.0.1, \(Self.serverAddress)'", "wal_sender_timeout = '5s'", "tcp_keepalives_idle = 2",
-      "tcp_keepalives_interval = 1", "tcp_keepalives_count = 3", "tcp_user_timeout = 5000",
-      "client_connection_check_interval = '1s'",
-    ] {
-      try admin.simpleQuery("ALTER SYSTEM SET \(setting)")
-    }
+    try admin.simpleQuery("ALTER SYSTEM SET listen_addresses = '127.0.0.1, \(Self.serverAddress)'")
     try admin.simpleQuery("CREATE DATABASE soak")
     admin.close()
     try cluster.restart()
@@ -256,12 +251,10 @@ import Testing
     while Date() < deadline {
       usleep(UInt32(Int.random(in: 500...2_500, using: &random)) * 1000)
       var fault = Fault.allCases.randomElement(using: &random)!
-      // Poison is costly to retry, and a partition waits for the server to notice the silence (about 30 s):
-      // each one fault in twenty or so. The first two faults are one poison event of each kind.
+      // Poison is costly to retry: one fault in a hundred or so. The first two faults are one poison event of each kind.
       if fault == .poisonKill || fault == .poisonHang, Int.random(in: 0..<10, using: &random) != 0 {
         fault = .sigkillStandby
       }
-      if fault == .partition, Bool.random(using: &random) { fault = .killWalsender }
       if poison < 2 { fault = poison == 0 ? .poisonKill : .poisonHang }
       let streaming = active()
       let before = (try? XPFixture.ledgerCount(db)) ?? 0
@@ -298,7 +291,7 @@ import Testing
       case .partition:
         guard let cut = streaming else { continue }
         try Self.ip("link", "set", nodes[cut].hostSide, "down")
-        // Healed once the other daemon streams (or after 60 s, the SPEC's bound for a silent partition).
+        // Healed once the other daemon streams (recovery counts the ledger moving, below).
         _ = try eventually(60, "the standby to take over from a partitioned daemon") { active() == 1 - cut }
         try Self.ip("link", "set", nodes[cut].hostSide, "up")
       case .poisonKill, .poisonHang:
@@ -471,9 +464,7 @@ import Testing
       soak: longest recovery \(String(format: "%.1f", longest)) s; by fault: \(longestByKind)
       soak: peak RSS of a daemon \(String(format: "%.1f", peakRSS)) MiB; SIGTERM stops whose connection was cut meanwhile (exit 1) \(stopsCut)
       """)
-    // Recovery within 10 s of every fault but a silent partition, whose bound (SPEC 6, 8) is 60 s.
-    let nonPartition = recoveries.filter { $0.key != .partition }.flatMap { $0.value }.max() ?? 0
-    #expect(nonPartition <= 10, "a recovery took \(nonPartition) s")
-    #expect((recoveries[.partition]?.max() ?? 0) <= 60)
+    // Recovery within 10 s of every fault, a silent partition included (SPEC 6).
+    #expect(longest <= 10, "a recovery took \(longest) s: \(longestByKind)")
   }
 }
