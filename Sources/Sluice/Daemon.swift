@@ -68,6 +68,15 @@ public final class Daemon: @unchecked Sendable {
         logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
         notifier.notify("STATUS=reconnecting: \(Self.oneLine(error))")
         stop.sleep(milliseconds: wait)
+      } catch let error where Self.isTransient(error) {
+        // Asked to stop, and the session failed meanwhile with what a restart
+        // would retry (a partition, a restart): what committed stands, and the
+        // batch in flight, never acknowledged, comes again on the next start.
+        // A stop, not a failure.
+        logger.warning(
+          "the session failed while stopping; the batch in flight is replayed on the next start",
+          metadata: ["error": "\(Self.oneLine(error))"])
+        break
       }
     }
     notifier.notify("STOPPING=1\nSTATUS=stopped")  // also when stopped while reconnecting
@@ -142,7 +151,7 @@ public final class Daemon: @unchecked Sendable {
     retention?.start()
     defer { retention?.stopAndWait() }
 
-    let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice")
+    let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice", serverSide: .stream)
     defer { stream.close() }
     let slot = configuration.slot
     var slotRow = try sql.query(

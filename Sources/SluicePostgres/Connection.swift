@@ -74,8 +74,8 @@ public final class PGConnection: @unchecked Sendable {
   ///   statement within a second of the daemon dying, so a hung handler
   ///   cannot keep the slot's lock;
   ///
-  /// The server's side of the TCP keepalives (`keepaliveOptions`) comes
-  /// first, before the user's own options, which may override it.
+  /// How the server notices a silent daemon (`ServerSide`) comes first,
+  /// before the user's own options, which may override it.
   public static let pinnedOptions =
     "-c datestyle=ISO -c intervalstyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex"
     + " -c client_connection_check_interval=1000"
@@ -84,29 +84,44 @@ public final class PGConnection: @unchecked Sendable {
     + " -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
     + " -c idle_session_timeout=0"
 
-  /// How long a silent peer is given, on both sides of every connection: TCP
-  /// keepalives after 2 s idle, 3 probes 1 s apart, and 5 s for data left
-  /// unacknowledged. Without them, the backend of a daemon cut off from the
-  /// server by a silent partition keeps its session (and the slot's advisory
-  /// lock) for the OS default of about two hours; with them the server ends
-  /// it within about 5 s, and a standby takes over within 10 s (SPEC 6).
-  /// Only an unanswered peer counts: a busy one acknowledges at the TCP level.
-  public static let silentPeer = (idleSeconds: 2, intervalSeconds: 1, probes: 3, unacknowledgedMilliseconds: 5000)
+  /// How the server's side of a session notices a daemon gone silent (SPEC
+  /// 6: a standby takes over within 10 s). Without it, the backend of a
+  /// daemon cut off by a silent network partition keeps its session, and
+  /// the slot's advisory lock, for the OS default of about two hours. Set
+  /// for the session in `options`, before the user's own, which can
+  /// lengthen it (a lossy network); the server's own settings do not count.
+  public enum ServerSide: Sendable {
+    /// SQL sessions: TCP keepalives after 2 s idle, 3 probes 1 s apart, and
+    /// `tcp_user_timeout` 5 s for data the daemon never acknowledges.
+    case sql
+    /// The daemon's stream: the same keepalives, and `wal_sender_timeout`
+    /// 5 s (its reader answers the walsender at least every second, even
+    /// while its queue is full). Not `tcp_user_timeout`: since Linux 5.11 it
+    /// also ends a healthy connection whose receive window stays closed that
+    /// long, which is what a busy daemon's stream does.
+    case stream
+    /// Other replication sessions (`tail`, `check`): the keepalives only.
+    case replication
 
-  /// The server's side of `silentPeer`, for the session. A URL's own
-  /// `options` come after, so they can lengthen it (a lossy network).
-  public static let keepaliveOptions =
-    "-c tcp_keepalives_idle=\(silentPeer.idleSeconds) -c tcp_keepalives_interval=\(silentPeer.intervalSeconds)"
-    + " -c tcp_keepalives_count=\(silentPeer.probes) -c tcp_user_timeout=\(silentPeer.unacknowledgedMilliseconds)"
+    static let keepalives = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
 
-  /// The `options` for a connection: the keepalives, then the user's own
-  /// (from the URL or conninfo), then the pinned ones, which win where both
-  /// set a value.
-  public static func options(for conninfo: String) -> String {
+    public var options: String {
+      switch self {
+      case .sql: Self.keepalives + " -c tcp_user_timeout=5000"
+      case .stream: Self.keepalives + " -c wal_sender_timeout=5000"
+      case .replication: Self.keepalives
+      }
+    }
+  }
+
+  /// The `options` for a connection: the server's side of noticing silence,
+  /// then the user's own (from the URL or conninfo), then the pinned ones,
+  /// which win where both set a value.
+  public static func options(for conninfo: String, serverSide: ServerSide = .sql) -> String {
     let user = conninfoValue(conninfo, "options") ?? getenv("PGOPTIONS").map { String(cString: $0) } ?? ""
-    guard !user.isEmpty else { return keepaliveOptions + " " + pinnedOptions }
+    guard !user.isEmpty else { return serverSide.options + " " + pinnedOptions }
     // Two spaces: if the user's options end in a backslash, it escapes the first only.
-    return keepaliveOptions + " " + user + "  " + pinnedOptions
+    return serverSide.options + " " + user + "  " + pinnedOptions
   }
 
   /// One keyword's value in a URI or `key=value` conninfo (PQconninfoParse), nil if unset or unparsable.
@@ -127,18 +142,20 @@ public final class PGConnection: @unchecked Sendable {
 
   /// `conninfo`: a URI or `key=value` string; libpq's PG* variables and
   /// passfile apply as usual. `replication`: open a logical replication
-  /// connection (`replication=database`).
-  public init(conninfo: String, replication: Bool = false, applicationName: String = "sluice") throws {
+  /// connection (`replication=database`); `serverSide`: how the server
+  /// notices silence (`.sql`, or `.replication` for a replication connection).
+  public init(
+    conninfo: String, replication: Bool = false, applicationName: String = "sluice", serverSide: ServerSide? = nil
+  ) throws {
     // TCP keepalives first, so that the user's own URL settings override them: a
-    // silent network cut is noticed within seconds, not never.
-    let peer = Self.silentPeer
+    // silent network cut is noticed on this side within about half a minute, not never.
     var keys = ["keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"]
-    var values =
-      ["1"] + [peer.idleSeconds, peer.intervalSeconds, peer.probes, peer.unacknowledgedMilliseconds].map(String.init)
+    var values = ["1", "10", "5", "3", "30000"]
     // client_encoding after dbname, so that it wins over the URL's and PGCLIENTENCODING:
     // text must arrive as UTF-8, or distinct identities could decode alike.
+    let serverSide = serverSide ?? (replication ? .replication : .sql)
     keys += ["dbname", "options", "fallback_application_name", "client_encoding"]
-    values += [conninfo, Self.options(for: conninfo), applicationName, "UTF8"]
+    values += [conninfo, Self.options(for: conninfo, serverSide: serverSide), applicationName, "UTF8"]
     if replication {
       keys.append("replication")
       values.append("database")

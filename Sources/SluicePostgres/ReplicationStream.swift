@@ -36,8 +36,13 @@ public final class ReplicationConnection: @unchecked Sendable {
   public let connection: PGConnection
   private var copyEnded = false
 
-  public init(conninfo: String, applicationName: String = "sluice") throws {
-    connection = try PGConnection(conninfo: conninfo, replication: true, applicationName: applicationName)
+  /// `serverSide`: `.stream` for the daemon's stream, whose reader answers
+  /// the walsender at least every second.
+  public init(
+    conninfo: String, applicationName: String = "sluice", serverSide: PGConnection.ServerSide = .replication
+  ) throws {
+    connection = try PGConnection(
+      conninfo: conninfo, replication: true, applicationName: applicationName, serverSide: serverSide)
   }
 
   public func close() { connection.close() }

@@ -126,6 +126,60 @@ import Testing
     #expect(daemon.waitForExit(seconds: 3) == 128 + SIGTERM)
   }
 
+  /// A stop whose connections are cut meanwhile (a partition, a restart) is
+  /// still a stop: exit 0, and the batch in flight, never acknowledged,
+  /// applies once on the next start.
+  @Test func aStopWhoseConnectionIsCutMeanwhileExitsZero() throws {
+    let (db, daemon) = try Self.hangingDaemon("stopcut")
+    daemon.signal(SIGTERM)
+    #expect(try eventually(5) { daemon.standardError.contains("stopping after the batch in flight") })
+    try db.sql(
+      """
+      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE application_name LIKE 'sluice%' AND pid <> pg_backend_pid()
+      """)
+    #expect(daemon.waitForExit(seconds: 10) == 0, "\(daemon.standardError.suffix(600))")
+    #expect(daemon.standardError.contains("the session failed while stopping"))
+    try db.sql("UPDATE xp.switches SET failing = false")
+    let again = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.statuses(db)["stuck"] == "applied" })
+    again.signal(SIGTERM)
+    #expect(again.waitForExit() == 0)
+    #expect(try XPFixture.totals(db) == ["ann": 1])
+  }
+
+  /// A daemon whose handling stage stalls (a handler runs 12 s) while WAL
+  /// keeps coming stops reading its stream, and its receive window stays
+  /// closed for seconds. That daemon is busy, not silent: the server must not
+  /// end its stream (a 5 s `tcp_user_timeout` on the walsender did, on
+  /// Linux 5.11 and later), and nothing reconnects.
+  @Test func aBusyDaemonKeepsItsStream() throws {
+    let db = try TestDatabase("busy")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try XPFixture.handler(db, "slow", language: "sql", "SELECT pg_sleep(12)")
+    try createSlot(db)
+    let daemon = try startDaemon(db, ["SLUICE_HANDLER_TIMEOUT_MS": "30000"])
+    try XPFixture.insert(db, [("slow", "ann", "slow", 0, nil)])
+    #expect(
+      try eventually(20, "the handler to sleep") {
+        try db.scalar(
+          "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
+        ) != "0"
+      })
+    // About 30 MB of events: far more than the daemon's queue and both sockets' buffers hold.
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+        SELECT 'b' || g, 'ann', 'award', jsonb_build_object('xp', 1, 'pad', repeat('x', 600)) FROM generate_series(1, 40000) g
+      """)
+    #expect(try eventually(120) { try XPFixture.ledgerCount(db) == 40001 })
+    #expect(!daemon.standardError.contains("reconnecting"), "\(daemon.standardError.suffix(1500))")
+    #expect(try XPFixture.totals(db) == ["ann": 40000])
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
   @Test func terminatedBackendsAreSurvived() throws {
     let db = try TestDatabase("terminate")
     try XPFixture.install(db)
