@@ -136,7 +136,7 @@ import Testing
     try db.sql(
       """
       SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-      WHERE application_name LIKE 'sluice%' AND pid <> pg_backend_pid()
+      WHERE datname = current_database() AND application_name LIKE 'sluice%' AND pid <> pg_backend_pid()
       """)
     #expect(daemon.waitForExit(seconds: 10) == 0, "\(daemon.standardError.suffix(600))")
     #expect(daemon.standardError.contains("the session failed while stopping"))

@@ -253,7 +253,7 @@ import Testing
         try db.scalar(
           """
           SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-          WHERE application_name = 'sluice-compact' AND wait_event_type = 'Lock'
+          WHERE datname = current_database() AND application_name = 'sluice-compact' AND wait_event_type = 'Lock'
           """) == "1"
       })
     #expect(killed.waitForExit(seconds: 20) != 0)
