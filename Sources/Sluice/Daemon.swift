@@ -68,11 +68,12 @@ public final class Daemon: @unchecked Sendable {
         logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
         notifier.notify("STATUS=reconnecting: \(Self.oneLine(error))")
         stop.sleep(milliseconds: wait)
-      } catch let error where Self.isTransient(error) {
+      } catch let error where Self.isTransient(error) || error is ApplyInterrupted {
         // Asked to stop, and the session failed meanwhile with what a restart
-        // would retry (a partition, a restart): what committed stands, and the
-        // batch in flight, never acknowledged, comes again on the next start.
-        // A stop, not a failure.
+        // would retry (a partition, a restart), or the stop came while an
+        // event waited to be retried: what committed stands, and the batch in
+        // flight, never acknowledged, comes again on the next start. A stop,
+        // not a failure.
         logger.warning(
           "the session failed while stopping; the batch in flight is replayed on the next start",
           metadata: ["error": "\(Self.oneLine(error))"])

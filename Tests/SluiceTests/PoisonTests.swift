@@ -99,6 +99,40 @@ import Testing
     #expect(daemon.waitForExit() == 0)
   }
 
+  /// A batch whose handler fails commits the events before it, then
+  /// retries it alone. That first commit must not record the batch as
+  /// complete: a daemon killed during the retries would otherwise skip the
+  /// failing event and every one after it on restart, as applied whole
+  /// (the system soak lost events this way).
+  @Test func aDaemonKilledWhileRetryingLosesNothingOfItsBatch() throws {
+    let db = try TestDatabase("retrykill")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    // xp.flaky fails while its switch is on (it is, from the start), then adds 1000.
+    try createSlot(db)
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "1000"])
+    // One transaction: an award, the flaky event, two awards.
+    try XPFixture.insert(
+      db,
+      [
+        ("a1", "ann", "award", 1, nil), ("f", "ann", "flaky", 0, nil), ("a2", "ann", "award", 2, nil),
+        ("a3", "ann", "award", 4, nil),
+      ])
+    #expect(
+      try eventually(30, "the flaky event to be retried alone") {
+        try XPFixture.ledgerCount(db) == 1 && db.scalar("SELECT count(*) FROM sluice.attempts") == "1"
+      })
+    daemon.signal(SIGKILL)
+    _ = daemon.waitForExit()
+    try db.sql("UPDATE xp.switches SET failing = false WHERE name = 'flaky'")
+    let again = try startDaemon(db)
+    #expect(try eventually(30, "every event of the batch in the ledger") { try XPFixture.ledgerCount(db) == 4 })
+    #expect(try XPFixture.statuses(db) == ["a1": "applied", "f": "applied", "a2": "applied", "a3": "applied"])
+    #expect(try XPFixture.totals(db) == ["ann": 1007])
+    again.signal(SIGTERM)
+    #expect(again.waitForExit() == 0)
+  }
+
   @Test func aHangingHandlerTimesOutGoesDeadAndTheStreamGoesOn() throws {
     let db = try TestDatabase("hang")
     try XPFixture.install(db)

@@ -82,6 +82,22 @@ import Testing
     let seed = testSeed(default: 424_242)
     var random = SeededGenerator(seed: seed)
     let tag = String(getpid() % 10_000)
+    // Every daemon's log, the faults' timeline and the server's log: kept when the soak fails.
+    let logs = "/tmp/sluice-soak-\(tag)"
+    try? FileManager.default.removeItem(atPath: logs)
+    try FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
+    func log(_ file: String, _ text: String) {
+      guard
+        let handle = FileHandle(forWritingAtPath: "\(logs)/\(file)")
+          ?? {
+            FileManager.default.createFile(atPath: "\(logs)/\(file)", contents: nil)
+            return FileHandle(forWritingAtPath: "\(logs)/\(file)")
+          }()
+      else { return }
+      handle.seekToEndOfFile()
+      handle.write(Data(text.utf8))
+      try? handle.close()
+    }
 
     // The network: the server's address on the host's loopback, a namespace per daemon.
     _ = try? PrivateCluster.run([Self.ip, "addr", "del", "\(Self.serverAddress)/32", "dev", "lo"])
@@ -115,10 +131,14 @@ import Testing
         UNION ALL VALUES ('staff', 'staff');
       INSERT INTO shop.products VALUES ('plenty', 'Plenty', 1000000000, 100), ('scarce', 'Scarce', 20, 100);
       -- Every source row as it was written: retention deletes the rows, the recount needs them.
-      CREATE TABLE public.soak_copy (source text, id text, doc jsonb NOT NULL, PRIMARY KEY (source, id));
+      CREATE TABLE public.soak_copy (
+        source text, id text, doc jsonb NOT NULL, xid xid8 DEFAULT pg_current_xact_id(),
+        lsn pg_lsn DEFAULT pg_current_wal_insert_lsn(), at timestamptz DEFAULT clock_timestamp(),
+        PRIMARY KEY (source, id));
       CREATE FUNCTION public.soak_copy() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
-        INSERT INTO public.soak_copy VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.id::text, to_jsonb(NEW));
+        INSERT INTO public.soak_copy (source, id, doc)
+          VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.id::text, to_jsonb(NEW));
         RETURN NULL;
       END $$;
       CREATE TRIGGER soak_copy AFTER INSERT ON game.actions FOR EACH ROW EXECUTE FUNCTION public.soak_copy();
@@ -158,6 +178,7 @@ import Testing
     var peakRSS = 0.0
     func restart(_ index: Int) throws {
       peakRSS = max(peakRSS, Self.peakRSS(daemons[index]))
+      log("daemon-\(index).log", daemons[index].standardError + "---- restarted \(Date())\n")
       daemons[index] = try start(nodes[index])
     }
     /// Which node's daemon streams the slot now (by its walsender's address), if any.
@@ -258,6 +279,7 @@ import Testing
       let streaming = active()
       let before = (try? XPFixture.ledgerCount(db)) ?? 0
       let started = Date()
+      log("faults.log", "\(started) \(fault.rawValue); streaming: node \(streaming.map(String.init) ?? "none")\n")
       switch fault {
       case .sigkillActive, .sigtermActive, .sigkillStandby, .sigtermStandby:
         let wantActive = fault == .sigkillActive || fault == .sigtermActive
@@ -312,11 +334,37 @@ import Testing
       try eventually(180, "every webhook delivery to be final") {
         try db.scalar("SELECT count(*) FROM sluice.outbox WHERE status = 'pending'") == "0"
       })
-    for daemon in daemons {
+    // What the slot and the ledger say of the rows without a ledger row (none, when all is well).
+    let missing = try db.sql(
+      """
+      SELECT c.source, c.id, c.doc->>'type', c.xid::text, c.lsn::text, c.at::text FROM public.soak_copy c
+        LEFT JOIN sluice.event_log l ON l.source = c.source AND l.event_id = c.id
+      WHERE l.event_id IS NULL ORDER BY c.lsn LIMIT 50
+      """
+    ).rows
+    if !missing.isEmpty {
+      let state = try db.sql(
+        """
+        SELECT 'slot', active_pid::text, restart_lsn::text, confirmed_flush_lsn::text FROM pg_replication_slots
+        UNION ALL SELECT 'stream_state', live::text, processed_lsn::text, ledger_high_water::text FROM sluice.stream_state
+        UNION ALL SELECT 'ledger before the first', max(commit_lsn)::text, count(*)::text, NULL FROM sluice.event_log
+          WHERE commit_lsn < $1::pg_lsn
+        UNION ALL SELECT 'ledger after the first', min(commit_lsn)::text, count(*)::text, NULL FROM sluice.event_log
+          WHERE commit_lsn >= $1::pg_lsn
+        """, [missing[0][4]]
+      ).rows
+      log(
+        "missing.txt",
+        (missing + state).map { $0.map { $0 ?? "NULL" }.joined(separator: " | ") }.joined(separator: "\n"))
+      print("soak: rows without a ledger row: \(missing.prefix(10)); state: \(state)")
+    }
+    for (index, daemon) in daemons.enumerated() {
       peakRSS = max(peakRSS, Self.peakRSS(daemon))
       daemon.signal(SIGTERM)
       #expect(daemon.waitForExit(seconds: 30) == 0, "\(daemon.standardError.suffix(2000))")
+      log("daemon-\(index).log", daemon.standardError)
     }
+    try? FileManager.default.copyItem(atPath: cluster.directory + "/server.log", toPath: logs + "/server.log")
 
     // The recount: hash joins over the copies and the ledger, linear in the events.
     func count(_ sql: String) throws -> Int { Int(try db.scalar(sql) ?? "") ?? -1 }
@@ -460,5 +508,10 @@ import Testing
       """)
     // Recovery within 10 s of every fault, a silent partition included (SPEC 6).
     #expect(longest <= 10, "a recovery took \(longest) s: \(longestByKind)")
+    if lost == 0, doubled == 0, missing.isEmpty {
+      try? FileManager.default.removeItem(atPath: logs)
+    } else {
+      print("soak: daemon logs, the faults' timeline and the server's log are in \(logs)")
+    }
   }
 }

@@ -124,7 +124,7 @@ public struct Operations {
     let careful = CarefulStrategy(environment: environment)
     var backoff = Backoff(baseMilliseconds: 100, capMilliseconds: 5000)
     for attempt in 1...configuration.maxAttempts {
-      let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries in
+      let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries, _ in
         entries.map { resolve(dead, $0.status, $0.reason, attempts: attempt, outcomes: mode) }
       }
       switch outcome {

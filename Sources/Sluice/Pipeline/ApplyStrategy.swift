@@ -15,10 +15,12 @@ enum StrategyOutcome {
 }
 
 /// One way to apply `units[range]` in one transaction. `finish` gives the
-/// statements that close it (ledger rows, stream state) for the entries it decided.
+/// statements that close it (ledger rows, stream state) for the entries it
+/// decided; its second argument says whether they decide the whole range
+/// (a careful apply that stopped at a failing handler commits only a prefix).
 protocol ApplyStrategy {
   func apply(
-    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry], Bool) -> [Statement]
   ) throws -> StrategyOutcome
 }
 
@@ -128,7 +130,7 @@ struct FastStrategy: ApplyStrategy {
   let environment: ApplyEnvironment
 
   func apply(
-    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry], Bool) -> [Statement]
   ) throws -> StrategyOutcome {
     try apply(units, range, attempt: attempt, leavingUnread: false, finish: finish)
   }
@@ -140,7 +142,7 @@ struct FastStrategy: ApplyStrategy {
   /// the results before it are read: a batch never commits after one that failed.
   func apply(
     _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, leavingUnread: Bool,
-    finish: ([LedgerEntry]) -> [Statement]
+    finish: ([LedgerEntry], Bool) -> [Statement]
   ) throws -> StrategyOutcome {
     let connection = environment.connection
     let commits = environment.commits
@@ -194,7 +196,7 @@ struct FastStrategy: ApplyStrategy {
             entries[entry].reason = reason
           }
         }
-        for statement in finish(entries) {
+        for statement in finish(entries, true) {
           try batch.send(statement.sql, statement.parameters, ledger: statement.writesLedger)
         }
         // The batch before must have committed before this one may.
@@ -298,7 +300,7 @@ struct CarefulStrategy: ApplyStrategy {
   let environment: ApplyEnvironment
 
   func apply(
-    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry]) -> [Statement]
+    _ units: [ApplyUnit], _ range: Range<Int>, attempt: Int, finish: ([LedgerEntry], Bool) -> [Statement]
   ) throws -> StrategyOutcome {
     let connection = environment.connection
     do {
@@ -340,11 +342,11 @@ struct CarefulStrategy: ApplyStrategy {
             (error as? PostgresError).map(\.sqlState) == .queryCanceled
             ? HandlerTimeout(milliseconds: environment.handlerTimeoutMilliseconds).description : "\(error)"
           try context.rollback()
-          try commit(finish(entries), keeping: !entries.isEmpty)
+          try commit(finish(entries, false), keeping: !entries.isEmpty)
           return .stoppedAt(index, error: failure, committed: entries)
         }
       }
-      try commit(finish(entries), keeping: true)
+      try commit(finish(entries, true), keeping: true)
       return .committed(entries)
     } catch {
       environment.rollback()

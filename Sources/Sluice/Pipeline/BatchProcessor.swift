@@ -308,10 +308,14 @@ public final class BatchProcessor {
       switch attempt {
       case .fast(let range), .careful(let range):
         let whole = range == units.indices && !partly
-        let finish = { (entries: [LedgerEntry]) -> [Statement] in
+        let finish = { (entries: [LedgerEntry], decidesRange: Bool) -> [Statement] in
+          // Only a commit that decides every event of the batch may record the
+          // batch as complete: the mirror's position makes a later session skip
+          // every transaction before it as applied whole.
+          let complete = whole && decidesRange
           var statements = self.ledgerWrites(entries)
-          if whole { statements += tail }
-          let completed = whole ? plan.completed : nil
+          if complete { statements += tail }
+          let completed = complete ? plan.completed : nil
           let highWater = Self.highWater(entries)
           if completed != nil || highWater != nil {
             statements.append(
@@ -399,7 +403,7 @@ public final class BatchProcessor {
         return entry
       }
       heartbeat()
-      let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries in
+      let outcome = try careful.apply([unit], 0..<1, attempt: attempt) { entries, _ in
         ledgerWrites(entries) + [Ledger.endAttempts(event)]
           + (Self.highWater(entries).map { [Ledger.state(slot: slot, completed: nil, highWater: $0, mirrorLSN: nil)] }
             ?? [])
