@@ -55,8 +55,13 @@ import Testing
     #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
     // The handler's own counter is served beside Sluice's series (at least
     // once: a handler runs again when its batch is retried).
-    let metrics = try httpGet(port: metricsPort, path: "/metrics")
-    #expect(metrics.contains("sluice_events_total{"), "\(metrics)")
+    // A batch sent ahead is counted once its result is read, just after its ledger rows show.
+    var metrics = ""
+    #expect(
+      try eventually {
+        metrics = try httpGet(port: metricsPort, path: "/metrics")
+        return metrics.contains("sluice_events_total{") && metrics.contains("game_badges_awarded_total ")
+      }, "\(metrics)")
     let awarded = metrics.split(separator: "\n").first { $0.hasPrefix("game_badges_awarded_total ") }
     #expect(awarded.flatMap { Int($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true, "\(metrics)")
     stop.set()
