@@ -96,6 +96,17 @@ import Testing
     return (db, daemon)
   }
 
+  /// The hanging handler fixed and the daemon restarted: the event that was
+  /// in flight applies once.
+  static func fixAndRestart(_ db: TestDatabase, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    try db.sql("UPDATE xp.switches SET failing = false")
+    let again = try startDaemon(db)
+    #expect(try eventually(30) { try XPFixture.statuses(db)["stuck"] == "applied" }, sourceLocation: sourceLocation)
+    again.signal(SIGTERM)
+    #expect(again.waitForExit() == 0, sourceLocation: sourceLocation)
+    #expect(try XPFixture.totals(db) == ["ann": 1], sourceLocation: sourceLocation)
+  }
+
   @Test func aHungHandlerCannotHoldAStopForever() throws {
     let (db, daemon) = try Self.hangingDaemon("hung")
     let sent = Date()
@@ -106,13 +117,8 @@ import Testing
     #expect(waited >= Double(Daemon.maximumStopSeconds) - 1 && waited < Double(Daemon.maximumStopSeconds) + 10)
     #expect(daemon.standardError.contains("graceful stop took longer"))
     // The dead daemon's backend gives up its statement (client_connection_check_interval)
-    // and with it the slot's lock. Fixed and restarted: the event in flight applies once.
-    try db.sql("UPDATE xp.switches SET failing = false")
-    let again = try startDaemon(db)
-    #expect(try eventually(30) { try XPFixture.statuses(db)["stuck"] == "applied" })
-    again.signal(SIGTERM)
-    #expect(again.waitForExit() == 0)
-    #expect(try XPFixture.totals(db) == ["ann": 1])
+    // and with it the slot's lock.
+    try Self.fixAndRestart(db)
   }
 
   /// The old signal handler's promise, kept on swift-service-lifecycle: a
@@ -140,12 +146,7 @@ import Testing
       """)
     #expect(daemon.waitForExit(seconds: 10) == 0, "\(daemon.standardError.suffix(600))")
     #expect(daemon.standardError.contains("the session failed while stopping"))
-    try db.sql("UPDATE xp.switches SET failing = false")
-    let again = try startDaemon(db)
-    #expect(try eventually(30) { try XPFixture.statuses(db)["stuck"] == "applied" })
-    again.signal(SIGTERM)
-    #expect(again.waitForExit() == 0)
-    #expect(try XPFixture.totals(db) == ["ann": 1])
+    try Self.fixAndRestart(db)
   }
 
   /// A daemon whose handling stage stalls (a handler runs 12 s) while WAL
