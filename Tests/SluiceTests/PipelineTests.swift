@@ -156,6 +156,49 @@ import Testing
     #expect(try db.scalar("SELECT reason FROM sluice.event_log WHERE event_id = 'no-type'")?.contains("empty") == true)
   }
 
+  /// A batch sent ahead fails, and its redo keeps meeting a ledger conflict
+  /// (a row "standing" where one of its events goes, four times): the redo
+  /// ran inside the next batch's lookups, whose own conflict handling took
+  /// the redo's for its own, looked itself up again and committed past the
+  /// batch, whose 40 events were never applied. The session now starts over
+  /// from the last acknowledged position.
+  @Test func aSentAheadBatchWhoseRedoConflictsIsNotSkipped() throws {
+    let db = try TestDatabase("redo_conflict")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    let environment = ["SLUICE_BATCH_SIZE": "40"]
+    try createSlot(db, environment)
+    // The ledger row of r0120 meets a unique violation the first four times it is written.
+    try db.sql(
+      """
+      CREATE SEQUENCE public.trips;
+      CREATE FUNCTION public.trip() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF nextval('public.trips') <= 4 THEN
+          RAISE EXCEPTION 'a ledger row stood here (test)' USING ERRCODE = 'unique_violation';
+        END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER trip BEFORE INSERT ON sluice.event_log
+        FOR EACH ROW WHEN (NEW.event_id = 'r0120') EXECUTE FUNCTION public.trip();
+      """)
+    // 500 events in 5 transactions; every one has a dedupe key, so every
+    // batch looks keys up, reading the batch sent before it first.
+    for t in 0..<5 {
+      try XPFixture.insert(
+        db, (0..<100).map { r in (String(format: "r%04d", t * 100 + r), "ann", "award", 1, "k\(t * 100 + r)") })
+    }
+    let daemon = try startDaemon(db, environment)
+    #expect(try eventually(60, "500 ledger rows") { try XPFixture.ledgerCount(db) == 500 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0, "\(daemon.standardError)")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'applied'") == "500")
+    #expect(try XPFixture.totals(db) == ["ann": 500])
+    // The path was taken: r0120 was refused four times, then written.
+    #expect(try db.scalar("SELECT last_value FROM public.trips") == "5")
+    #expect(daemon.standardError.contains("a batch sent ahead could not be redone"), "\(daemon.standardError)")
+  }
+
   @Test func deadLettersDoNotBlockAndRetryAppliesOnce() throws {
     let db = try TestDatabase("dead")
     try XPFixture.install(db)

@@ -190,10 +190,23 @@ public final class BatchProcessor {
         throw PipelineDesync(description: "pipeline results could not be read back: \(error)")
       }
       if error is LedgerConflict == false, environment.mustThrow(error) { throw error }
-      logger.debug("a batch sent ahead failed; redoing it", metadata: ["why": "\(error)"])
-      return try apply(batch.plan, tail: batch.tail, leavingUnread: false)
+      return try redo(batch, after: error)
     }
     finished(batch)
+  }
+
+  /// Redoes a batch sent ahead that did not commit, without sending ahead.
+  /// Called while a later batch is being applied: a conflict the redo
+  /// gives up on is not that batch's, which would look itself up again and
+  /// commit past this one, whose events were never applied. The session
+  /// starts over from the last acknowledged position instead.
+  private func redo(_ batch: Unsettled, after failure: any Error) throws {
+    logger.debug("a batch sent ahead failed; redoing it", metadata: ["why": "\(failure)"])
+    do {
+      try apply(batch.plan, tail: batch.tail, leavingUnread: false)
+    } catch let conflict as LedgerConflict {
+      throw PipelineDesync(description: "a batch sent ahead could not be redone: \(conflict)")
+    }
   }
 
   private func finished(_ batch: Unsettled) {
@@ -254,8 +267,7 @@ public final class BatchProcessor {
         // one: redo that one without sending ahead, then this one from the start.
         guard let earlier = unsettled else { throw error.failure }
         unsettled = nil
-        logger.debug("a batch sent ahead failed; redoing it", metadata: ["why": "\(error.failure)"])
-        try apply(earlier.plan, tail: earlier.tail, leavingUnread: false)
+        try redo(earlier, after: error.failure)
         committed.removeAll()
       } catch is LedgerConflict {
         // Someone else (`sluice backfill`) wrote some of these events: look every one up.
