@@ -96,7 +96,7 @@ import Testing
     // The daemon reconnects by itself; more rows arrive after the crash.
     try insert(20, prefix: "after")
     #expect(try eventually(120) { try XPFixture.ledgerCount(db) == rows })
-    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    #expect(daemon.isRunning, "\(daemon.standardError)")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
     #expect(try XPFixture.totals(db) == expected)

@@ -196,7 +196,7 @@ import Testing
       ])
     let daemon = try startDaemon(db, ["SLUICE_DATABASE_URL": url, "SLUICE_MAX_ATTEMPTS": "3"])
     #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 6 })
-    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    #expect(daemon.isRunning, "\(daemon.standardError)")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
     #expect(

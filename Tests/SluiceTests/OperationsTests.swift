@@ -422,16 +422,21 @@ import Testing
 }
 
 func capture(_ command: [String]) throws -> (status: Int32, output: String) {
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: command[0])
-  process.arguments = Array(command.dropFirst())
-  let pipe = Pipe()
-  process.standardOutput = pipe
-  process.standardError = pipe
-  try process.run()
-  let data = pipe.fileHandleForReading.readDataToEndOfFile()
-  process.waitUntilExit()
-  return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+  let pipe = try closeOnExecPipe()
+  let output = OutputBuffer()
+  let process: Spawned
+  do {
+    defer { close(pipe.write) }
+    process = try Spawned(command, output: pipe.write, errors: pipe.write)
+  } catch {
+    close(pipe.read)
+    throw error
+  }
+  drain(pipe.read, into: output)
+  let status = process.waitForExit() ?? -1
+  let deadline = Date().addingTimeInterval(10)
+  while !output.isFinished && Date() < deadline { usleep(1_000) }
+  return (status, output.text)
 }
 
 func freePort() throws -> UInt16 {

@@ -88,7 +88,7 @@ import Testing
     #expect(try eventually(60) { try XPFixture.ledgerCount(db) == 500 })
     #expect(
       try eventually(90, "the healed daemon to stand by") {
-        active.standardError.components(separatedBy: "standing by").count > 1 || !active.process.isRunning
+        active.standardError.components(separatedBy: "standing by").count > 1 || !active.isRunning
       })
     standby.signal(SIGTERM)
     #expect(standby.waitForExit(seconds: 30) == 0)

@@ -26,7 +26,7 @@ import Testing
       ])
     let daemon = try startDaemon(db)
     #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 6 })
-    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    #expect(daemon.isRunning, "\(daemon.standardError)")
     let rows = try db.sql(
       "SELECT event_id, status, reason, event_type, actor, dedupe_key FROM sluice.event_log ORDER BY event_id"
     ).rows
@@ -87,7 +87,7 @@ import Testing
       """)
     let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "3"])
     #expect(try eventually(90, "1,000 ledger rows") { try XPFixture.ledgerCount(db) == 1000 })
-    #expect(daemon.process.isRunning)
+    #expect(daemon.isRunning)
     #expect(
       try db.sql("SELECT status, attempts, reason FROM sluice.event_log WHERE event_id = 'f0500'").rows == [
         ["dead", "3", "the daemon or its database session died while handling this event"]
@@ -169,7 +169,7 @@ import Testing
       let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "3"], binary: "sluice-fixtures")
       var exited = false
       _ = try eventually(30, "a death or every event in the ledger") {
-        exited = !daemon.process.isRunning
+        exited = !daemon.isRunning
         return try exited || XPFixture.ledgerCount(db) == 4
       }
       if exited {
@@ -398,7 +398,7 @@ import Testing
       """, [long, digest, "sluice:null-id@\(nullRowPosition)"])
     let daemon = try startDaemon(db)
     #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 5 })
-    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    #expect(daemon.isRunning, "\(daemon.standardError)")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
     #expect(try db.scalar("SELECT count(DISTINCT event_id) FROM sluice.event_log") == "5")
@@ -444,7 +444,7 @@ import Testing
     }
     let daemon = try startDaemon(db, ["SLUICE_HANDLER_TIMEOUT_MS": "200", "SLUICE_MAX_ATTEMPTS": "2"])
     #expect(try eventually(120, "208 ledger rows") { try XPFixture.ledgerCount(db) == 208 })
-    #expect(daemon.process.isRunning, "\(daemon.standardError)")
+    #expect(daemon.isRunning, "\(daemon.standardError)")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
     #expect(

@@ -76,7 +76,7 @@ import Testing
   /// Peak resident memory of a process, in MiB (0 once it is gone).
   static func peakRSS(_ process: ChildProcess) -> Double {
     let status =
-      (try? String(contentsOfFile: "/proc/\(process.process.processIdentifier)/status", encoding: .utf8)) ?? ""
+      (try? String(contentsOfFile: "/proc/\(process.pid)/status", encoding: .utf8)) ?? ""
     let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
     return (Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
   }

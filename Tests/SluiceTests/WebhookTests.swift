@@ -336,7 +336,7 @@ import Testing
     #expect(try eventually(20) { try row("fine").first == "delivered" })
     #expect(receiver.requests.filter { $0.path == "/ok" }.count == 1)
     #expect(receiver.requests.filter { $0.path == "/nul/500" }.count == 2)
-    #expect(daemon.process.isRunning)
+    #expect(daemon.isRunning)
     // `outbox retry` of a pending delivery sends it now, its attempts reset.
     try db.sql("UPDATE sluice.endpoints SET url = $1 WHERE name = 'huge'", [receiver.url("/ok")])
     let id = try #require(try db.scalar("SELECT id FROM sluice.outbox WHERE endpoint = 'huge'"))

@@ -42,16 +42,11 @@ final class PrivateCluster: @unchecked Sendable {
     let path = NSTemporaryDirectory() + "sluice-cluster-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).out"
     FileManager.default.createFile(atPath: path, contents: nil)
     defer { try? FileManager.default.removeItem(atPath: path) }
-    let output = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: command[0])
-    process.arguments = Array(command.dropFirst())
-    process.standardOutput = output
-    process.standardError = FileHandle.standardError
-    try process.run()
-    process.waitUntilExit()
-    try output.close()
-    guard process.terminationStatus == 0 else { throw SetupError("\(command.joined(separator: " ")) failed") }
+    let output = open(path, O_WRONLY | O_CLOEXEC)
+    guard output >= 0 else { throw SetupError("could not open \(path)") }
+    defer { close(output) }
+    let status = try Spawned(command, output: output).waitForExit()
+    guard status == 0 else { throw SetupError("\(command.joined(separator: " ")) failed") }
     return try String(contentsOfFile: path, encoding: .utf8)
   }
 }
