@@ -292,7 +292,7 @@ import Testing
       if poison < 2 { fault = poison == 0 ? .poisonKill : .poisonHang }
       let streaming = active()
       let before = (try? XPFixture.ledgerCount(db)) ?? 0
-      let retrying = poisonIDs.isEmpty ? 0 : (try? Self.undecided(poisonIDs, db)) ?? 1
+      let retrying = poisonIDs.isEmpty ? 0 : (try? Self.undecided(poisonIDs, db)) ?? 0
       let started = Date()
       log(
         "faults.log",
