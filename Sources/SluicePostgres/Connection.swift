@@ -58,7 +58,9 @@ public struct QueryResult: Sendable {
 /// One libpq connection. Every call blocks the calling thread: the daemon
 /// gives each connection a thread of its own, never Swift's cooperative pool.
 public final class PGConnection: @unchecked Sendable {
-  let handle: OpaquePointer
+  /// The live connection; after `close`, one that never opened (libpq's
+  /// CONNECTION_BAD), so that a late call fails instead of using freed memory.
+  private(set) var handle: OpaquePointer
   private var closed = false
   /// Statements prepared on this connection by `send` (bounded; see `PreparedStatements`).
   var prepared = PreparedStatements()
@@ -178,12 +180,26 @@ public final class PGConnection: @unchecked Sendable {
     PQsetNoticeProcessor(connection, { _, _ in }, nil)
   }
 
-  deinit { close() }
+  deinit {
+    close()
+    PQfinish(handle)
+  }
 
+  /// Ends the session. The object stays usable: every later call fails
+  /// ("the connection is closed"), as a lost connection's would.
   public func close() {
     guard !closed else { return }
     closed = true
     PQfinish(handle)
+    handle = Self.neverOpened()
+  }
+
+  /// A connection object that never connects: a conninfo string libpq
+  /// cannot parse stops it before any socket is made. (An unknown keyword
+  /// in the keyword arrays does not: libpq goes on to the default server.)
+  private static func neverOpened() -> OpaquePointer {
+    guard let connection = PQconnectStart("closed") else { fatalError("libpq: out of memory") }
+    return connection
   }
 
   /// `server_version_num`, e.g. 150018.
@@ -194,7 +210,8 @@ public final class PGConnection: @unchecked Sendable {
 
   /// The last error libpq recorded on this connection.
   public func lastError(_ context: String) -> PostgresError {
-    PostgresError(message: Self.trimmed(PQerrorMessage(handle)), context: context)
+    if closed { return PostgresError(message: "the connection is closed", context: context) }
+    return PostgresError(message: Self.trimmed(PQerrorMessage(handle)), context: context)
   }
 
   /// Runs one statement with bound text parameters (extended protocol).

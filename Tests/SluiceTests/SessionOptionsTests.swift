@@ -8,6 +8,26 @@ import Testing
 @Suite struct SessionOptionsTests {
   static let defaults = PGConnection.ServerSide.sql.options + " " + PGConnection.pinnedOptions
 
+  /// A call on a closed connection fails like a lost connection's. It used
+  /// freed memory: a test that closed a connection its database's deinit
+  /// then queried corrupted the test process's heap (the realloc crashes).
+  @Test func aClosedConnectionFailsInsteadOfUsingFreedMemory() throws {
+    let db = try TestDatabase("closed_connection")
+    let connection = try PGConnection(conninfo: db.url)
+    #expect(try connection.query("SELECT 1").scalar == "1")
+    connection.close()
+    for _ in 0..<3 {
+      #expect(throws: PostgresError.self) {
+        try connection.query("SELECT $1::text", [String(repeating: "x", count: 100_000)])
+      }
+      #expect(throws: PostgresError.self) { try connection.simpleQuery("SELECT 1") }
+    }
+    let error = connection.lastError("after close")
+    #expect(error.message == "the connection is closed" && error.isConnectionLoss)
+    #expect(!connection.isHealthy && connection.socket == -1)
+    connection.close()
+  }
+
   @Test func theURLsOptionsAreKeptAndThePinsWin() {
     let options = PGConnection.options(
       for: "postgresql://app@db/app?options=-c%20work_mem%3D7777kB%20-c%20synchronous_commit%3Doff")
