@@ -1,10 +1,10 @@
 import Foundation
 import Synchronization
 
-/// A process started with `posix_spawn`. Foundation's `Process` is kept
-/// out of the test process: its manager thread and unsynchronised state
-/// were the prime suspect of a heap corruption that crashed about one full
-/// run in four (in realloc, on a pool thread).
+/// A process started with `posix_spawn`: it gets its pipes and nothing
+/// else of the test process's, and is reaped here. (It replaced Foundation's
+/// `Process`, first suspected of the test process's heap corruption; the
+/// cause was a closed `PGConnection` used again, see `PGConnection.close`.)
 final class Spawned: Sendable {
   let pid: pid_t
   /// The exit status once reaped (the code, or the signal that ended it).
