@@ -421,22 +421,11 @@ import Testing
   }
 }
 
+/// Runs a command to its end; its stdout, then its stderr.
 func capture(_ command: [String]) throws -> (status: Int32, output: String) {
-  let pipe = try closeOnExecPipe()
-  let output = OutputBuffer()
-  let process: Spawned
-  do {
-    defer { close(pipe.write) }
-    process = try Spawned(command, output: pipe.write, errors: pipe.write)
-  } catch {
-    close(pipe.read)
-    throw error
-  }
-  drain(pipe.read, into: output)
-  let status = process.waitForExit() ?? -1
-  let deadline = Date().addingTimeInterval(10)
-  while !output.isFinished && Date() < deadline { usleep(1_000) }
-  return (status, output.text)
+  let process = try ChildProcess(command[0], Array(command.dropFirst()), environment: [:])
+  let status = process.waitForExit(seconds: 120) ?? -1
+  return (status, process.standardOutput + process.standardError)
 }
 
 func freePort() throws -> UInt16 {

@@ -66,10 +66,9 @@ import Testing
 
   /// How many of these poison events are not yet `dead` (still retried).
   static func undecided(_ ids: [String], _ db: TestDatabase) throws -> Int {
-    let list = ids.map { "'\($0)'" }.joined(separator: ",")
     let decided = try db.scalar(
-      "SELECT count(*) FROM sluice.event_log WHERE source = 'game.actions' AND event_id IN (\(list)) AND status = 'dead'"
-    )
+      "SELECT count(*) FROM sluice.event_log WHERE source = 'game.actions' AND event_id = ANY($1::text[]) AND status = 'dead'",
+      [PGArray.literal(ids)])
     return ids.count - (Int(decided ?? "") ?? 0)
   }
 

@@ -77,12 +77,7 @@ final class Spawned: Sendable {
     return nil
   }
 
-  deinit {
-    if reap() == nil {
-      signal(SIGKILL)
-      while reap() == nil { usleep(5_000) }
-    }
-  }
+  deinit { _ = waitForExit(seconds: 0) }
 }
 
 /// glibc's `pipe2` and `posix_spawn_file_actions_addclosefrom_np` (2.34),
@@ -99,7 +94,7 @@ private func closeFrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_
 }
 
 /// A pipe whose ends are closed on exec (a child gets one only by dup2).
-func closeOnExecPipe() throws -> (read: Int32, write: Int32) {
+private func closeOnExecPipe() throws -> (read: Int32, write: Int32) {
   var ends: [Int32] = [0, 0]
   guard let pipe2Function, pipe2Function(&ends, O_CLOEXEC) == 0 else {
     throw SetupError("pipe2: \(String(cString: strerror(errno)))")
@@ -108,7 +103,7 @@ func closeOnExecPipe() throws -> (read: Int32, write: Int32) {
 }
 
 /// Reads a descriptor to end of file into `buffer` on a thread of its own, then closes it.
-func drain(_ fd: Int32, into buffer: OutputBuffer) {
+private func drain(_ fd: Int32, into buffer: OutputBuffer) {
   Thread {
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
