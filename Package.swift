@@ -44,6 +44,7 @@ let package = Package(
         .embedInCode("003_poison_and_limits.sql"), .embedInCode("004_outbox.sql"),
         .embedInCode("005_retention.sql"), .embedInCode("006_outbox_body_limit.sql"),
         .embedInCode("007_ledger_partitions.sql"), .embedInCode("008_outcomes.sql"),
+        .embedInCode("009_identity.sql"),
       ]
     ),
     // Pure: decides, never touches a socket, the clock or the environment.
@@ -102,7 +103,8 @@ let package = Package(
       ],
       exclude: [
         "ReadmeExamples/add_handler.sql", "ReadmeExamples/edge_function.sql", "ReadmeExamples/receiver.py",
-        "ReadmeExamples/outcomes_api.sql", "ReadmeExamples/outcomes_electric.txt", "ReadmeExamples/outcomes_powersync.yaml",
+        "ReadmeExamples/outcomes_api.sql", "ReadmeExamples/outcomes_electric.txt",
+        "ReadmeExamples/outcomes_powersync.yaml",
       ],
       swiftSettings: upcoming
     ),

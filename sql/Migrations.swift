@@ -29,5 +29,6 @@ public enum SchemaMigrations {
       version: 7, name: "007_ledger_partitions",
       sql: String(decoding: PackageResources._07_ledger_partitions_sql, as: UTF8.self)),
     Migration(version: 8, name: "008_outcomes", sql: String(decoding: PackageResources._08_outcomes_sql, as: UTF8.self)),
+    Migration(version: 9, name: "009_identity", sql: String(decoding: PackageResources._09_identity_sql, as: UTF8.self)),
   ]
 }

@@ -191,7 +191,7 @@ public final class Daemon: @unchecked Sendable {
       let (policy, position) = try PolicyStore.loadFromMirror(sql, slot: slot)
       start = max(confirmed, slotRow[0].flatMap { LSN($0) } ?? .zero)
       processor = try makeProcessor(
-        sql, StreamPlanner(policy: policy, catalog: registry.catalog, mirrorPosition: position))
+        sql, StreamPlanner(policy: policy, catalog: registry.catalog, mirrorPosition: position, signatures: .ed25519))
       processor.ledgerHighWater = try sql.query(
         "SELECT ledger_high_water::text FROM sluice.stream_state WHERE slot = $1", [slot]
       ).scalar.flatMap { LSN($0) }
@@ -423,7 +423,8 @@ public final class Daemon: @unchecked Sendable {
     // The walsender holds the exported snapshot (and so the oldest xmin of
     // the cluster) until its connection runs another command: let it go too.
     _ = try stream.identifySystem()
-    let processor = try makeProcessor(sql, StreamPlanner(policy: initial, catalog: registry.catalog))
+    let processor = try makeProcessor(
+      sql, StreamPlanner(policy: initial, catalog: registry.catalog, signatures: .ed25519))
     var total = 0
     for copy in copies {
       total += try Backfill.process(

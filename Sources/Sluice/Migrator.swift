@@ -4,7 +4,9 @@ import SluiceSchema
 /// Installs and checks Sluice's schema (`sql/NNN_*.sql`).
 public enum Migrator {
   /// The configuration tables, published so that the daemon sees their changes in stream order.
-  static let publishedTables = ["sluice.sources", "sluice.permission_rules", "sluice.actor_roles", "sluice.handlers"]
+  static let publishedTables = [
+    "sluice.sources", "sluice.permission_rules", "sluice.actor_roles", "sluice.handlers", "sluice.actor_keys",
+  ]
 
   /// Applies every migration not yet applied, each in its own transaction,
   /// and creates the publication. Returns the names applied (empty: nothing to do).

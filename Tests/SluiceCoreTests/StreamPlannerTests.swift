@@ -196,7 +196,9 @@ import Testing
     #expect(plan.replaySuspects(.through(LSN(10))).map(\.id) == ["1"], "the high water's own transaction")
     #expect(plan.replaySuspects(.all).map(\.id) == ["1", "2"])
     #expect(plan.replaySuspects(.none).isEmpty)
-    #expect(planner.plan(rows: [("g.actions", Self.row("3", "award", "ann"))]).replaySuspects(.none).map(\.id) == ["3"])
+    #expect(
+      planner.plan(rows: [.init(relation: "g.actions", row: Self.row("3", "award", "ann"))]).replaySuspects(.none).map(
+        \.id) == ["3"])
     // Outside the window, only what a sealed partition may hold; inside it, nothing twice.
     #expect(plan.sealedSuspects(.through(LSN(15)), mayHold: { _ in true }).map(\.id) == ["2"])
     #expect(plan.sealedSuspects(.none, mayHold: { $0.id == "1" }).map(\.id) == ["1"])

@@ -203,7 +203,8 @@ public struct Operations {
       throw OperationError("\(qualified) is not a source: register it with sluice.add_source(...)")
     }
     let processor = BatchProcessor(
-      connection: connection, registry: registry, planner: StreamPlanner(policy: policy, catalog: registry.catalog),
+      connection: connection, registry: registry,
+      planner: StreamPlanner(policy: policy, catalog: registry.catalog, signatures: .ed25519),
       maxAttempts: configuration.maxAttempts, handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds,
       slot: configuration.slot, logger: logger)
     processor.sealed = try LedgerPartitions.load(on: connection)

@@ -237,7 +237,7 @@ public final class BatchProcessor {
 
   /// Processes rows read outside the stream (backfill): no commit LSN, and
   /// committed synchronously, since no source transaction will bring them back.
-  func processRows(_ rows: [(relation: String, row: Row)]) throws {
+  func processRows(_ rows: [StreamPlanner.ReadRow]) throws {
     try settleUnread()
     let plan = planner.plan(rows: rows)
     ignoredChanges += plan.ignored

@@ -1,6 +1,12 @@
 import SluiceCore
+import SluiceHTTP
 import SluicePostgres
 import Synchronization
+
+extension SignatureCheck {
+  /// `'signed'` sources' rows are verified with libcrypto's Ed25519.
+  static let ed25519 = SignatureCheck(verifier: Ed25519())
+}
 
 /// Loads and saves the policy: from the configuration tables (at slot
 /// creation, in the slot's snapshot) or from `sluice.policy_mirror` (on restart).
@@ -13,7 +19,7 @@ enum PolicyStore {
       for row in result.rows {
         var values: [String: String?] = [:]
         for (index, column) in result.columns.enumerated() { values[column] = row[index] }
-        policy.apply(.upsert(table, key: (values[table.keyColumn] ?? nil) ?? "", row: values))
+        policy.apply(.upsert(table, key: table.key { values[$0] ?? nil } ?? "", row: values))
       }
     }
     return policy
@@ -55,7 +61,7 @@ enum PolicyStore {
       try connection.query(
         """
         INSERT INTO sluice.policy_mirror (slot, table_name, key, row)
-        SELECT $1, $2, t.\(PGConnection.quoteIdentifier(table.keyColumn))::text, to_jsonb(t) FROM \(table.relation) t
+        SELECT $1, $2, \(table.keySQL("t")), to_jsonb(t) FROM \(table.relation) t
         """, [slot, table.rawValue])
     }
   }
@@ -116,10 +122,16 @@ enum Backfill {
     let relation = PGConnection.quoteQualified(source.relation)
     let id = PGConnection.quoteIdentifier(source.idColumn)
     try reader.query("DROP TABLE IF EXISTS pg_temp.\(table)")
+    // SPEC 13: a 'session' source's rows from before its guard never proved their actor.
+    let judged = source.actorFrom == .session && !source.trustsExisting
     try reader.query(
       """
       CREATE TEMPORARY TABLE \(table) AS
-      SELECT row_number() OVER (ORDER BY t.\(id)) AS sluice_backfill_n, t.* FROM \(relation) t
+      SELECT row_number() OVER (ORDER BY t.\(id)) AS sluice_backfill_n,
+             \(judged ? "sluice.before_guard(f.fence, f.guard_xid, t.xmin)" : "false") AS sluice_backfill_before_guard,
+             t.*
+      FROM \(relation) t
+      \(judged ? "LEFT JOIN sluice.guard_fences(\(PGConnection.quoteLiteral(source.relation))) f ON f.tableoid = t.tableoid" : "")
       \(excludingXID.map { "WHERE t.xmin::text <> \(PGConnection.quoteLiteral($0))" } ?? "")
       """)
     try reader.query("CREATE INDEX ON pg_temp.\(table) (sluice_backfill_n)")
@@ -141,11 +153,14 @@ enum Backfill {
         WHERE sluice_backfill_n > $1 AND sluice_backfill_n <= $2 ORDER BY sluice_backfill_n
         """, [String(last), String(last + batchSize)])
       if result.rows.isEmpty { break }
-      // The copy's own columns (the source's as they were), less the number.
-      result.columns.removeFirst()
-      result.types.removeFirst()
-      let rows = result.rows.map { Operations.typedRow(result, Array($0.dropFirst())) }
-      try processor.processRows(rows.map { (copy.relation, $0) })
+      // The copy's own columns (the source's as they were), less the number and the guard's verdict.
+      result.columns.removeFirst(2)
+      result.types.removeFirst(2)
+      let rows = result.rows.map {
+        StreamPlanner.ReadRow(
+          relation: copy.relation, row: Operations.typedRow(result, Array($0.dropFirst(2))), beforeGuard: $0[1] == "t")
+      }
+      try processor.processRows(rows)
       last += batchSize
     }
     if stop?.isSet != true { try reader.query("DROP TABLE pg_temp.\(copy.table)") }

@@ -275,10 +275,16 @@ public struct StreamPlanner: Sendable {
   private var pendingMirror: [Policy.Change] = []
   private var pendingRegistrations: [(relation: String, xid: UInt32?)] = []
 
-  public init(policy: Policy, catalog: HandlerCatalog, mirrorPosition: LSN? = nil) {
+  /// Verifies the rows of `'signed'` sources (SPEC 13); without it their events are denied.
+  public let signatures: SignatureCheck?
+
+  public init(
+    policy: Policy, catalog: HandlerCatalog, mirrorPosition: LSN? = nil, signatures: SignatureCheck? = nil
+  ) {
     self.policy = policy
     self.catalog = catalog
     self.mirrorPosition = mirrorPosition
+    self.signatures = signatures
   }
 
   public mutating func plan(_ items: some Sequence<StreamItem>) -> BatchPlan {
@@ -323,30 +329,64 @@ public struct StreamPlanner: Sendable {
     return plan
   }
 
+  /// A row read outside the stream (backfill). `beforeGuard`: written
+  /// before its table's `'session'` guard existed (SPEC 13), so its actor was never proven.
+  public struct ReadRow: Sendable {
+    public var relation: String
+    public var row: Row
+    public var beforeGuard: Bool
+    public init(relation: String, row: Row, beforeGuard: Bool = false) {
+      self.relation = relation
+      self.row = row
+      self.beforeGuard = beforeGuard
+    }
+  }
+
   /// Plans rows read outside the stream (backfill): no commit LSN, the current policy.
-  public func plan(rows: [(relation: String, row: Row)]) -> BatchPlan {
+  public func plan(rows: [ReadRow]) -> BatchPlan {
     var plan = BatchPlan()
-    for (relation, row) in rows {
-      guard let source = policy.source(relation) else {
+    for read in rows {
+      guard let source = policy.source(read.relation) else {
         plan.ignored += 1
         continue
       }
-      plan.candidates.append(candidate(source, row, position: nil))
+      plan.candidates.append(candidate(source, read.row, position: nil, beforeGuard: read.beforeGuard))
     }
     return plan
   }
 
-  private func candidate(_ source: SourceMapping, _ row: Row, position: LSN?) -> Candidate {
-    let (event, malformed) = source.event(
+  public static let beforeGuardReason = "written before the source's guard"
+
+  private func candidate(_ source: SourceMapping, _ row: Row, position: LSN?, beforeGuard: Bool = false) -> Candidate {
+    var (event, malformed) = source.event(
       from: row, commitLSN: open?.commitLSN, committedAt: open?.commitTime, xid: open?.xid, position: position)
     let label = catalog.metricLabel(for: event.type, in: policy)
     if let malformed { return Candidate(event: event, decision: .malformed(malformed), metricLabel: label) }
+    if let denial = proofDenial(source, event, beforeGuard: beforeGuard) {
+      return Candidate(event: event, decision: .denied(denial), metricLabel: label)
+    }
+    event.row = source.signedView(of: event.row)
     switch policy.evaluate(event) {
     case .deny(let reason):
       return Candidate(event: event, decision: .denied(reason), metricLabel: label)
     case .allow:
       return Candidate(
         event: event, decision: .allowed(catalog.choice(for: event.type, in: policy)), metricLabel: label)
+    }
+  }
+
+  /// SPEC 13, before the rules: why the row does not prove its actor, or nil.
+  private func proofDenial(_ source: SourceMapping, _ event: Event, beforeGuard: Bool) -> String? {
+    switch source.actorFrom {
+    case .column: return nil
+    case .session:
+      guard beforeGuard, !source.trustsExisting else { return nil }
+      return "event type '\(event.type)' denied: \(Self.beforeGuardReason) (its actor was never proven)"
+    case .signed(let columns):
+      guard let signatures else { return "signed event denied: this daemon cannot verify signatures" }
+      return signatures.denial(
+        of: event, columns: columns, keys: { policy.actorKey(actor: $0, keyID: $1) },
+        keyIsForeign: { policy.keyBelongsToOthers(actor: $0, keyID: $1) })
     }
   }
 }

@@ -27,7 +27,7 @@ public struct TransactionAssembler: Sendable {
       let relation = try relation(insert.relationID)
       let row = Row(try relations.decode(insert.new, of: relation))
       if let table = Policy.Table(relation: relation.qualifiedName) {
-        return try emit(.configChange(.upsert(table, key: row.text(table.keyColumn) ?? "", row: Self.texts(row))))
+        return try emit(.configChange(.upsert(table, key: table.key(row.text) ?? "", row: Self.texts(row))))
       }
       return try emit(.insert(relation: relation.qualifiedName, row: row, lsn: lsn))
     case .update(let update):
@@ -36,9 +36,9 @@ public struct TransactionAssembler: Sendable {
         return try emit(.ignored(relation: relation.qualifiedName, kind: "update"))
       }
       let row = Row(try relations.decode(update.new, of: relation))
-      let key = row.text(table.keyColumn) ?? ""
+      let key = table.key(row.text) ?? ""
       if let old = update.oldKey ?? update.old,
-        let oldKey = Row(try relations.decode(old, of: relation)).text(table.keyColumn), !oldKey.bytewiseEquals(key)
+        let oldKey = table.key(Row(try relations.decode(old, of: relation)).text), !oldKey.bytewiseEquals(key)
       {
         guard try emit(.configChange(.delete(table, key: oldKey))) else { return false }
       }
@@ -49,7 +49,7 @@ public struct TransactionAssembler: Sendable {
         return try emit(.ignored(relation: relation.qualifiedName, kind: "delete"))
       }
       guard let old = delete.oldKey ?? delete.old,
-        let key = Row(try relations.decode(old, of: relation)).text(table.keyColumn)
+        let key = table.key(Row(try relations.decode(old, of: relation)).text)
       else { return true }
       return try emit(.configChange(.delete(table, key: key)))
     case .truncate(let truncate):

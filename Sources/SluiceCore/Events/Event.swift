@@ -86,10 +86,15 @@ public struct SourceMapping: Sendable, Equatable {
   public var actorColumn: String
   public var dedupeColumn: String?
   public var scopeColumn: String?
+  /// Where the actor comes from (SPEC 13).
+  public var actorFrom: ActorProof
+  /// `existing => 'trust'`: rows written before a `'session'` source's guard keep their actor.
+  public var trustsExisting: Bool
 
   public init(
     relation: String, eventTypeColumn: String? = nil, eventType: String? = nil, idColumn: String = "id",
-    actorColumn: String, dedupeColumn: String? = nil, scopeColumn: String? = nil
+    actorColumn: String, dedupeColumn: String? = nil, scopeColumn: String? = nil, actorFrom: ActorProof = .column,
+    trustsExisting: Bool = false
   ) {
     self.relation = relation
     self.eventTypeColumn = eventTypeColumn
@@ -98,6 +103,17 @@ public struct SourceMapping: Sendable, Equatable {
     self.actorColumn = actorColumn
     self.dedupeColumn = dedupeColumn
     self.scopeColumn = scopeColumn
+    self.actorFrom = actorFrom
+    self.trustsExisting = trustsExisting
+  }
+
+  /// The columns a row must have (a missing one makes it `rejected`).
+  var namedColumns: [String] {
+    var columns = [idColumn, actorColumn] + [eventTypeColumn, dedupeColumn, scopeColumn].compactMap { $0 }
+    if case .signed(let signed) = actorFrom {
+      columns += [signed.signatureColumn, signed.keyColumn, signed.payloadColumn]
+    }
+    return columns
   }
 
   /// Builds the event, or says why the row cannot be one (it is then
@@ -115,8 +131,7 @@ public struct SourceMapping: Sendable, Equatable {
       dedupeKey: dedupeColumn.flatMap { row.text($0) }, row: row, commitLSN: commitLSN, committedAt: committedAt,
       xid: xid)
     event.idIsSynthetic = id == nil
-    for column in [idColumn, actorColumn] + [eventTypeColumn, dedupeColumn, scopeColumn].compactMap({ $0 })
-    where row[column] == nil {
+    for column in namedColumns where row[column] == nil {
       return (event, "source \(relation) has no column \"\(column)\"")
     }
     if id == nil { return (event, "id column \"\(idColumn)\" is NULL") }

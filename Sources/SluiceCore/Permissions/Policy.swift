@@ -5,15 +5,33 @@
 public struct Policy: Sendable, Equatable {
   public enum Table: String, Sendable, CaseIterable {
     case sources, permissionRules = "permission_rules", actorRoles = "actor_roles", handlers
+    case actorKeys = "actor_keys"
     /// `sluice.<table>`, as the stream names it.
     public var relation: String { "sluice." + rawValue }
-    /// The primary key column.
-    public var keyColumn: String {
+    /// The primary key columns.
+    public var keyColumns: [String] {
       switch self {
-      case .sources: "relation"
-      case .permissionRules, .actorRoles: "id"
-      case .handlers: "event_type"
+      case .sources: ["relation"]
+      case .permissionRules, .actorRoles: ["id"]
+      case .handlers: ["event_type"]
+      case .actorKeys: ["actor", "key_id"]
       }
+    }
+    /// A row's key, as one text: the primary key's value, or for a key of
+    /// two columns the first's UTF-8 length, ':', then both (unambiguous).
+    /// `keySQL` computes the same in SQL.
+    public func key(_ column: (String) -> String?) -> String? {
+      let values = keyColumns.map(column)
+      guard let first = values.first ?? nil else { return nil }
+      guard values.count == 2 else { return first }
+      guard let second = values[1] else { return nil }
+      return "\(first.utf8.count):\(first)\(second)"
+    }
+    /// `key` in SQL, for rows of the table aliased `alias`.
+    public func keySQL(_ alias: String) -> String {
+      let columns = keyColumns.map { "\(alias).\($0)::text" }
+      guard columns.count == 2 else { return columns[0] }
+      return "octet_length(\(columns[0]))::text || ':' || \(columns[0]) || \(columns[1])"
     }
     public init?(relation: String) {
       guard relation.hasPrefix("sluice.") else { return nil }
@@ -66,6 +84,9 @@ public struct Policy: Sendable, Equatable {
 
   /// event type → SQL handler (`sluice.handlers`).
   public private(set) var handlers: [Bytewise: SQLHandler] = [:]
+  /// `sluice.actor_keys` by row key; `keyHolders`: key id → actor → row key.
+  public private(set) var actorKeys: [Bytewise: ActorKey] = [:]
+  private var keyHolders: [Bytewise: [Bytewise: Bytewise]] = [:]
 
   public init() {}
 
@@ -94,6 +115,9 @@ public struct Policy: Sendable, Equatable {
         grants.removeAll()
         grantsByActor.removeAll()
       case .handlers: handlers.removeAll()
+      case .actorKeys:
+        actorKeys.removeAll()
+        keyHolders.removeAll()
       }
     case .delete(let table, let key):
       remove(table, Bytewise(key))
@@ -104,10 +128,16 @@ public struct Policy: Sendable, Equatable {
       switch table {
       case .sources:
         guard let actor = text("actor_column") else { return }
+        // A mirror row from before SPEC 13's migration has no actor_from: those sources kept 'column'.
+        guard
+          let proof = ActorProof(
+            actorFrom: text("actor_from"), signature: text("signature_column"), key: text("key_column"),
+            payload: text("payload_column"))
+        else { return }
         sources[key] = SourceMapping(
           relation: key.text, eventTypeColumn: text("event_type_column"), eventType: text("event_type"),
           idColumn: text("id_column") ?? "id", actorColumn: actor, dedupeColumn: text("dedupe_column"),
-          scopeColumn: text("scope_column"))
+          scopeColumn: text("scope_column"), actorFrom: proof, trustsExisting: text("existing") == "trust")
       case .permissionRules:
         guard let type = text("event_type"), let role = text("role") else { return }
         rules[key] = Rule(eventType: type, role: role)
@@ -118,8 +148,25 @@ public struct Policy: Sendable, Equatable {
         grantsByActor[Bytewise(actor), default: []].insert(key)
       case .handlers:
         handlers[key] = SQLHandler(function: text("function"), endpoint: text("endpoint"))
+      case .actorKeys:
+        guard let actor = text("actor"), let keyID = text("key_id") else { return }
+        // bytea as text: `\x` and hex (the daemon's sessions pin bytea_output = hex).
+        let hex = text("public_key").map { $0.hasPrefix("\\x") ? String($0.dropFirst(2)) : $0 }
+        actorKeys[key] = ActorKey(actor: actor, keyID: keyID, publicKey: hex.flatMap(Hex.decode))
+        keyHolders[Bytewise(keyID), default: [:]][Bytewise(actor)] = key
       }
     }
+  }
+
+  /// The key `keyID` of `actor`, if registered.
+  public func actorKey(actor: String, keyID: String) -> ActorKey? {
+    keyHolders[Bytewise(keyID)]?[Bytewise(actor)].flatMap { actorKeys[$0] }
+  }
+
+  /// Whether `keyID` is registered, but only for actors other than `actor`.
+  public func keyBelongsToOthers(actor: String, keyID: String) -> Bool {
+    guard let holders = keyHolders[Bytewise(keyID)] else { return false }
+    return holders[Bytewise(actor)] == nil && !holders.isEmpty
   }
 
   private mutating func remove(_ table: Table, _ key: Bytewise) {
@@ -138,6 +185,12 @@ public struct Policy: Sendable, Equatable {
         if grantsByActor[actor]?.isEmpty == true { grantsByActor[actor] = nil }
       }
     case .handlers: handlers[key] = nil
+    case .actorKeys:
+      if let old = actorKeys.removeValue(forKey: key) {
+        let keyID = Bytewise(old.keyID)
+        keyHolders[keyID]?[Bytewise(old.actor)] = nil
+        if keyHolders[keyID]?.isEmpty == true { keyHolders[keyID] = nil }
+      }
     }
   }
 

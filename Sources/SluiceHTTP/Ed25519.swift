@@ -1,0 +1,27 @@
+import CCrypto
+public import SluiceCore
+
+/// Ed25519 signature verification from libcrypto (OpenSSL), for SPEC 13's
+/// `'signed'` sources. Which key and which message are decided in
+/// SluiceCore (`SignatureCheck`); this only asks libcrypto.
+public struct Ed25519: SignatureVerifier {
+  public init() {}
+
+  public func verify(signature: [UInt8], message: [UInt8], publicKey: [UInt8]) -> Bool {
+    guard signature.count == Ed25519Sizes.signature, publicKey.count == Ed25519Sizes.publicKey else { return false }
+    guard
+      let key = publicKey.withUnsafeBufferPointer({
+        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.baseAddress, $0.count)
+      })
+    else { return false }
+    defer { EVP_PKEY_free(key) }
+    guard let context = EVP_MD_CTX_new() else { return false }
+    defer { EVP_MD_CTX_free(context) }
+    guard EVP_DigestVerifyInit(context, nil, nil, nil, key) == 1 else { return false }
+    return signature.withUnsafeBufferPointer { signature in
+      message.withUnsafeBufferPointer { message in
+        EVP_DigestVerify(context, signature.baseAddress, signature.count, message.baseAddress, message.count) == 1
+      }
+    }
+  }
+}
