@@ -109,6 +109,21 @@ CREATE FUNCTION sluice.max_row_bytes() RETURNS bigint
   LANGUAGE sql STABLE
   RETURN coalesce((SELECT value::bigint FROM sluice.settings WHERE name = 'max_row_bytes'), 1048576);
 
+-- The table of a source ('schema.table' as sluice.sources names it, case and all).
+CREATE FUNCTION sluice.source_table(relation text) RETURNS regclass
+  LANGUAGE sql STABLE
+  RETURN (SELECT c.oid::regclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname || '.' || c.relname = relation AND c.relkind IN ('r', 'p') ORDER BY c.oid LIMIT 1);
+
+-- A source's table and every partition under it (pg_partition_tree gives
+-- nothing for a table that is not partitioned).
+CREATE FUNCTION sluice.source_tables(relation text) RETURNS SETOF regclass
+  LANGUAGE sql STABLE AS $$
+  SELECT sluice.source_table(relation) WHERE sluice.source_table(relation) IS NOT NULL
+  UNION ALL
+  SELECT t.relid FROM pg_partition_tree(sluice.source_table(relation)) t WHERE t.level > 0
+$$;
+
 -- The name of a source's guard function.
 CREATE FUNCTION sluice.guard_function(relation text) RETURNS text
   LANGUAGE sql IMMUTABLE
@@ -130,9 +145,10 @@ DECLARE
   field text;
   scope_call text := 'NULL';
   body text;
+  kept boolean;
 BEGIN
   SELECT * INTO s FROM sluice.sources WHERE relation = source;
-  rel := to_regclass(source);
+  rel := sluice.source_table(source);
   IF NOT FOUND OR rel IS NULL THEN
     RAISE EXCEPTION 'sluice.install_guard: % is not a registered source', source;
   END IF;
@@ -162,20 +178,20 @@ DECLARE
   actor text := sluice.current_actor();
   size bigint;
   proven text;
-BEGIN%2$s
+BEGIN
+  IF actor IS NULL THEN
+    IF sluice.trusted_writer(sluice.inserting_role(), TG_RELID) THEN
+      RETURN NEW;  -- a trusted role with no identity keeps the row as written (the daemon's own limits apply)
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '42501',
+      MESSAGE = format('%3$s: no authenticated actor (set sluice.actor or request.jwt.claims) for role %%s',
+                       sluice.inserting_role());
+  END IF;%2$s
   size := pg_column_size(NEW);
   IF size > sluice.max_row_bytes() THEN
     RAISE EXCEPTION USING ERRCODE = '54000',
       MESSAGE = format('%3$s: the row is %%s bytes; the limit is %%s (sluice.settings max_row_bytes)',
                        size, sluice.max_row_bytes());
-  END IF;
-  IF actor IS NULL THEN
-    IF sluice.trusted_writer(sluice.inserting_role(), TG_RELID) THEN
-      RETURN NEW;  -- a trusted role with no identity keeps the row as written
-    END IF;
-    RAISE EXCEPTION USING ERRCODE = '42501',
-      MESSAGE = format('%3$s: no authenticated actor (set sluice.actor or request.jwt.claims) for role %%s',
-                       sluice.inserting_role());
   END IF;
   IF NEW.%4$I IS NULL OR NEW.%4$I::text = '' THEN
     NEW.%4$I := actor;
@@ -197,14 +213,21 @@ $g$,
     RAISE EXCEPTION USING ERRCODE = '42501',
       MESSAGE = format('%3$s: the row names scope %%L, but it belongs to scope %%L', NEW.%2$I::text, proven);
   END IF;$f$, scope_call, s.scope_column, source) END);
+  -- Registered again with its guard in place all along (same function,
+  -- enabled always): the rows since the first registration met it, so its fence stands.
+  kept := s.guard_snapshot IS NOT NULL AND EXISTS (
+    SELECT 1 FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = 'sluice_guard' AND t.tgenabled = 'A'
+      AND t.tgfoid = to_regprocedure(sluice.guard_function(source) || '()'));
   EXECUTE body;
   EXECUTE format('CREATE OR REPLACE TRIGGER sluice_guard BEFORE INSERT OR UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()',
                  rel, sluice.guard_function(source));
   EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER sluice_guard', rel);
   -- The trigger took a lock that waits for every transaction writing the
   -- table: what committed before this snapshot never met the guard.
-  UPDATE sluice.sources SET guard_snapshot = pg_current_snapshot(), guard_xid = pg_current_xact_id()
-    WHERE relation = source;
+  IF NOT kept THEN
+    UPDATE sluice.sources SET guard_snapshot = pg_current_snapshot(), guard_xid = pg_current_xact_id()
+      WHERE relation = source;
+  END IF;
 END
 $$;
 
@@ -212,7 +235,7 @@ $$;
 CREATE FUNCTION sluice.drop_guard(source text) RETURNS void
   LANGUAGE plpgsql AS $$
 DECLARE
-  rel regclass := to_regclass(source);
+  rel regclass := sluice.source_table(source);
 BEGIN
   IF rel IS NOT NULL AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel AND tgname = 'sluice_guard') THEN
     EXECUTE format('DROP TRIGGER sluice_guard ON %s', rel);
@@ -238,10 +261,8 @@ CREATE FUNCTION sluice.guard_fences(source text)
   RETURNS TABLE (tableoid oid, fence pg_snapshot, guard_xid xid8)
   LANGUAGE sql STABLE AS $$
   WITH s AS (SELECT * FROM sluice.sources WHERE relation = source AND actor_from = 'session'),
-  root AS (SELECT to_regclass(source)::oid AS oid),
-  tables AS (
-    SELECT root.oid FROM root
-    UNION ALL SELECT i.relid FROM root, pg_partition_tree(root.oid) i WHERE i.relid <> root.oid)
+  root AS (SELECT sluice.source_table(source)::oid AS oid),
+  tables AS (SELECT t::oid AS oid FROM sluice.source_tables(source) t)
   SELECT t.oid,
          CASE WHEN tg.oid IS NULL THEN NULL
               WHEN sluice.full_xid(tg.xmin) = s.guard_xid OR t.oid = (SELECT oid FROM root) THEN s.guard_snapshot

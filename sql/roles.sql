@@ -24,7 +24,7 @@ $$;
 GRANT USAGE ON SCHEMA sluice TO sluice_daemon;
 -- Configuration: read only. Changes arrive through the stream.
 GRANT SELECT ON sluice.sources, sluice.permission_rules, sluice.actor_roles, sluice.handlers,
-                sluice.schema_migrations TO sluice_daemon;
+                sluice.actor_keys, sluice.settings, sluice.schema_migrations TO sluice_daemon;
 -- The ledger and the daemon's own state.
 GRANT SELECT, INSERT, UPDATE ON sluice.event_log, sluice.stream_state TO sluice_daemon;
 -- The ledger's partitions: their filters (sealing itself is sluice.ledger_seal, run as the owner).

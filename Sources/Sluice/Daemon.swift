@@ -132,6 +132,7 @@ public final class Daemon: @unchecked Sendable {
       // Text there is bytes in no known encoding: identities could not be compared as Postgres does.
       throw StartupError("the database's encoding is SQL_ASCII: Sluice needs a database with a real encoding (UTF8)")
     }
+    try checkIdentity(sql, atStart: true)
     guard try waitForLock(sql) else { return }
     // The slot's holder, and only it, sends webhook deliveries, beside the stream.
     let deliverer = try OutboxDeliverer(
@@ -269,6 +270,21 @@ public final class Daemon: @unchecked Sendable {
     confirmed = ack.confirmed
     if stop.isSet { try sql.query("UPDATE sluice.stream_state SET live = false WHERE slot = $1", [slot]) }
     logger.info("stopped", metadata: ["confirmed": "\(confirmed)"])
+  }
+
+  /// SPEC 13: refuses to run while a client could act as anyone (a
+  /// 'session' source's guard missing or disabled, or a client able to
+  /// TRIGGER or TRUNCATE one), at start and every few seconds while
+  /// streaming; at start, also logs the other findings as warnings.
+  func checkIdentity(_ sql: PGConnection, atStart: Bool) throws {
+    let findings = try IdentityChecks.findings(sql)
+    if let refusal = findings.first(where: { !$0.ok && $0.refusesRun }) {
+      throw ConfigurationRefused(description: "\(refusal.what); fix: \(refusal.fix ?? "see sluice check")")
+    }
+    guard atStart else { return }
+    for finding in findings where !finding.ok {
+      logger.warning("\(finding.what)", metadata: finding.fix.map { ["fix": "\($0)"] } ?? [:])
+    }
   }
 
   /// SPEC 8 / `sluice check`: anyone else who can write the rules can grant themselves anything.
@@ -566,6 +582,7 @@ public final class Daemon: @unchecked Sendable {
     guard lagCheckDue else { return }
     lastLagCheck = .now
     let connection = processor.connection
+    try checkIdentity(connection, atStart: false)
     processor.synchronousStandbys(try connection.query("SHOW synchronous_standby_names").scalar ?? "")
     // Lag in seconds as `status` counts it: the time since the daemon last
     // committed, while there is lag in bytes.

@@ -64,6 +64,9 @@ public final class HandlerContext {
   private(set) var statements = 0
   /// The events `emit` queued deliveries for (`emitKey`).
   private(set) var emittedFor: Set<Bytewise> = []
+  /// `sluice.actor` is set for this context's statements (SPEC 13: a handler
+  /// acts as its event's actor; a batch handler, whose events have many, as none).
+  var actorIsSet = false
 
   init(connection: PGConnection, pipeline: PipelineBatch? = nil, savepoint: Bool = false, event: Event? = nil) {
     self.connection = connection
@@ -99,6 +102,7 @@ public final class HandlerContext {
   public func query(_ sql: String, _ parameters: [String?] = []) throws -> QueryResult {
     statements += 1
     try openSavepoint()
+    try actAsActor()
     if let pipeline { return try pipeline.query(sql, parameters) }
     return try connection.query(sql, parameters)
   }
@@ -108,12 +112,24 @@ public final class HandlerContext {
   public func execute(_ sql: String, _ parameters: [String?] = []) throws {
     statements += 1
     try openSavepoint()
+    try actAsActor()
     if let pipeline { return try pipeline.send(sql, parameters) }
     try connection.query(sql, parameters)
   }
 
   private func run(_ sql: String) throws {
     if let pipeline { try pipeline.send(sql) } else { try connection.simpleQuery(sql) }
+  }
+
+  /// Before the first statement: `sluice.actor` is the event's actor, so
+  /// that a follow-up event written into a `'session'` source carries it,
+  /// whatever the payload names. Not counted in `statements`: it writes nothing.
+  private func actAsActor() throws {
+    guard !actorIsSet else { return }
+    actorIsSet = true
+    let sql = "SELECT set_config('sluice.actor', $1, true)"
+    let actor = event?.actor ?? ""
+    if let pipeline { try pipeline.send(sql, [actor]) } else { try connection.query(sql, [actor]) }
   }
 
   private func openSavepoint() throws {
@@ -150,14 +166,17 @@ public struct SQLFunctionHandler: EventHandler {
   }
 
   /// The event is named in the transaction-local setting `sluice.event`
-  /// while the function runs (for `sluice.emit`), and only then: the
-  /// targets of one SELECT are evaluated in order.
+  /// while the function runs (for `sluice.emit`), and its actor in
+  /// `sluice.actor` (SPEC 13), and only then: the targets of one SELECT are
+  /// evaluated in order.
   public func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    context.actorIsSet = true
     try context.execute(
       """
-      SELECT set_config('sluice.event', $2, true), \(Self.quotedFunctionName(function))($1::jsonb),
-        set_config('sluice.event', '', true)
-      """, [event.json(), Self.emitContext(event)])
+      SELECT set_config('sluice.event', $2, true), set_config('sluice.actor', $3, true),
+        \(Self.quotedFunctionName(function))($1::jsonb), set_config('sluice.event', '', true),
+        set_config('sluice.actor', '', true)
+      """, [event.json(), Self.emitContext(event), event.actor ?? ""])
     return .applied
   }
 

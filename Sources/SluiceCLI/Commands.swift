@@ -79,7 +79,15 @@ struct RunCommand: ParsableCommand {
       let daemon = Daemon(
         configuration: config, registry: SluiceCLI.handlers, logger: logger, stop: stop,
         environment: ProcessInfo.processInfo.environment)
-      try reportingFailure("run") { try daemon.run() }
+      try reportingFailure("run") {
+        do {
+          try daemon.run()
+        } catch let refused as ConfigurationRefused {
+          // SPEC 13: clients could act as anyone. RestartPreventExitStatus=78: no restart loop.
+          printError("sluice run: \(refused)")
+          Glibc.exit(78)
+        }
+      }
     }
   }
 }
@@ -125,6 +133,8 @@ struct CheckCommand: ParsableCommand {
       print("\(finding.ok ? "ok  " : finding.warning ? "WARN" : "FAIL")  \(finding.what)")
       if !finding.ok, let fix = finding.fix { print("      fix: \(fix)") }
     }
+    // SPEC 13: what `run` refuses (clients could act as anyone) is a configuration error.
+    if findings.contains(where: { !$0.ok && $0.refusesRun }) { throw ExitCode(78) }
     if findings.contains(where: { !$0.ok && !$0.warning }) { throw ExitCode(1) }
   }
 }

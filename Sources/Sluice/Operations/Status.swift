@@ -227,6 +227,8 @@ extension Operations {
     public var fix: String?
     /// Not ok, but `run` works: worth a look, not a failure of `check`.
     public var warning = false
+    /// Not ok, and `run` refuses to start (exit 78), as does `check` (SPEC 13).
+    public var refusesRun = false
   }
 
   /// `sluice check`: everything `run` needs, each with how to fix it.
@@ -304,6 +306,12 @@ extension Operations {
         Finding(ok: false, what: "read the configuration tables' privileges: \(error)", fix: "run `sluice migrate`"))
     }
     findings += checkOutcomes(connection)
+    do {
+      findings += try IdentityChecks.findings(connection)
+    } catch {
+      findings.append(
+        Finding(ok: false, what: "read where sources take their actor from: \(error)", fix: "run `sluice migrate`"))
+    }
     probe("publication \(configuration.publication) exists", "run `sluice migrate` (or `sluice run`, which creates it)")
     {
       try !connection.query("SELECT 1 FROM pg_publication WHERE pubname = $1", [configuration.publication]).rows.isEmpty

@@ -61,8 +61,10 @@ final class RejectionGuards {
           CREATE FUNCTION pg_temp.\(name)(e jsonb, emit_context text) RETURNS text LANGUAGE plpgsql AS $sluice_guard$
           BEGIN
             PERFORM set_config('sluice.event', emit_context, true);
+            PERFORM set_config('sluice.actor', coalesce(e->>'actor', ''), true);
             PERFORM \(call)(e);
             PERFORM set_config('sluice.event', '', true);
+            PERFORM set_config('sluice.actor', '', true);
             RETURN NULL;
           EXCEPTION WHEN SQLSTATE 'SL001' THEN
             RETURN SQLERRM;
