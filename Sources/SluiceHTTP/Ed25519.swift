@@ -25,3 +25,27 @@ public struct Ed25519: SignatureVerifier {
     }
   }
 }
+
+extension Ed25519 {
+  /// Signs `message` with the private key whose 32-byte seed is `seed`: for
+  /// tests, benchmarks and tools that write signed rows (the daemon only verifies).
+  public static func sign(message: [UInt8], seed: [UInt8]) -> [UInt8]? {
+    guard seed.count == 32,
+      let key = seed.withUnsafeBufferPointer({
+        EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.baseAddress, $0.count)
+      })
+    else { return nil }
+    defer { EVP_PKEY_free(key) }
+    guard let context = EVP_MD_CTX_new() else { return nil }
+    defer { EVP_MD_CTX_free(context) }
+    guard EVP_DigestSignInit(context, nil, nil, nil, key) == 1 else { return nil }
+    var signature = [UInt8](repeating: 0, count: Ed25519Sizes.signature)
+    var length = signature.count
+    let ok = signature.withUnsafeMutableBufferPointer { out in
+      message.withUnsafeBufferPointer {
+        EVP_DigestSign(context, out.baseAddress, &length, $0.baseAddress, $0.count) == 1
+      }
+    }
+    return ok && length == Ed25519Sizes.signature ? signature : nil
+  }
+}
