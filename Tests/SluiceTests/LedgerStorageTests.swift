@@ -305,7 +305,7 @@ import Testing
              CASE WHEN g % 1000 = 1 THEN 'dead' ELSE 'applied' END, NULL, 1, '0/1'::pg_lsn + g,
              now() - interval '1 year', CASE WHEN g % 1000 = 1 THEN '{"id": "x"}'::jsonb END
       FROM generate_series(1, 1000000) g;
-      DELETE FROM sluice.schema_migrations WHERE version >= 7;
+      DELETE FROM sluice.schema_migrations WHERE version IN (7, 8);  -- 009 (identity) touches no ledger
       """)
     let fingerprint =
       "SELECT count(*), sum(hashtext(source || event_id || status || coalesce(dedupe_key, '') || commit_lsn::text)) FROM sluice.event_log"
@@ -332,7 +332,7 @@ import Testing
         ) == "0"
       })
     #expect(try db.scalar("SELECT relkind FROM pg_class WHERE oid = 'sluice.event_log'::regclass") == "r")
-    #expect(try db.scalar("SELECT max(version) FROM sluice.schema_migrations") == "6")
+    #expect(try db.scalar("SELECT max(version) FROM sluice.schema_migrations WHERE version < 9") == "6")
 
     let (status, _, errors) = try runCommand(db, ["migrate"])
     #expect(status == 0, "\(errors)")

@@ -165,6 +165,40 @@ import Testing
         == "signed event denied: unknown key 'k-jose' for actor 'josé'")
   }
 
+  /// The two client samples (examples/signing: Node's crypto, Python's
+  /// cryptography) sign rows that a live daemon verifies and applies.
+  @Test func theClientSamplesSignWhatTheDaemonVerifies() throws {
+    let vectors = try Self.vectors()
+    let db = try TestDatabase("signedsamples")
+    try Self.install(db, vectors)
+    try createSlot(db)
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().path
+    let samples = [
+      ("node", ["/usr/bin/node", root + "/examples/signing/sign.mjs"]),
+      ("python", ["/usr/bin/python3", root + "/examples/signing/sign.py"]),
+    ]
+    for (name, command) in samples {
+      let vectorsCheck = try capture(command)
+      #expect(vectorsCheck.status == 0 && vectorsCheck.output.contains("3 passed, 0 failed"), "\(name): \(vectorsCheck)")
+      let id = "from-" + name
+      let event =
+        #"{"source": "app.relayed", "id": "\#(id)", "type": "post", "actor": "josé", "scope": "team-b", "dedupe_key": null, "payload": "{\"n\": 7}"}"#
+      let signed = try capture(command + [vectors.private_key_seed_hex, event])
+      #expect(signed.status == 0, "\(name): \(signed.output)")
+      let signature = try #require(
+        signed.output.split(separator: "\"").dropFirst(3).first.map(String.init), "\(name): \(signed.output)")
+      try Self.relay(
+        db, vectors, id: id, actor: "josé", keyID: "k-jose", scope: "team-b", payload: #"{"n": 7}"#,
+        signature: signature)
+    }
+    let daemon = try startDaemon(db)
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 2 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(try XPFixture.statuses(db) == ["from-node": "applied", "from-python": "applied"])
+  }
+
   @Test func aSignedSourceRefusesAPayloadThatIsNotWhatWasSigned() throws {
     let db = try TestDatabase("signedjsonb")
     try Migrator.migrate(db.connection, publication: "sluice")
