@@ -417,7 +417,8 @@ public final class Daemon: @unchecked Sendable {
   private func createSlotAndBackfill(_ stream: ReplicationConnection, _ sql: PGConnection) throws -> (
     LSN, BatchProcessor
   ) {
-    let created = try stream.createSlot(configuration.slot, temporary: false, snapshot: .export)
+    let created = try SlotCreation(databaseURL: configuration.databaseURL, stop: stop, logger: logger).create(
+      configuration.slot, on: stream)
     guard let snapshot = created.snapshotName else { throw StartupError("the slot exported no snapshot") }
     logger.info(
       "created slot", metadata: ["slot": "\(created.name)", "consistent_point": "\(created.consistentPoint)"])

@@ -6,7 +6,7 @@ import Foundation
 /// while disarmed. While armed it also calls `tick` about every second, so
 /// a long but bounded statement still counts as progress for the watchdog.
 public final class StatementDeadline: @unchecked Sendable {
-  private let cancel: OpaquePointer?
+  private let cancel: CancelRequest
   private let condition = NSCondition()
   private var deadline: ContinuousClock.Instant?
   private var fired = false
@@ -17,15 +17,11 @@ public final class StatementDeadline: @unchecked Sendable {
   private let tick: @Sendable () -> Void
 
   public init(_ connection: PGConnection, tick: @escaping @Sendable () -> Void = {}) {
-    cancel = PQgetCancel(connection.handle)
+    cancel = CancelRequest(connection)
     self.tick = tick
     let thread = Thread { [self] in watch() }
     thread.name = "sluice-deadline"
     thread.start()
-  }
-
-  deinit {
-    if let cancel { PQfreeCancel(cancel) }
   }
 
   /// Ends the watching thread.
@@ -84,7 +80,7 @@ public final class StatementDeadline: @unchecked Sendable {
         fired = true
         cancelling = true
         condition.unlock()
-        sendCancel()
+        cancel.send()
         condition.lock()
         cancelling = false
         condition.broadcast()
@@ -101,7 +97,22 @@ public final class StatementDeadline: @unchecked Sendable {
     condition.unlock()
   }
 
-  private func sendCancel() {
+}
+
+/// Asks the server to cancel what a connection is running, from any thread
+/// (libpq's cancel object is made for that; the connection itself is not).
+public final class CancelRequest: @unchecked Sendable {
+  private let cancel: OpaquePointer?
+
+  public init(_ connection: PGConnection) {
+    cancel = PQgetCancel(connection.handle)
+  }
+
+  deinit {
+    if let cancel { PQfreeCancel(cancel) }
+  }
+
+  public func send() {
     guard let cancel else { return }
     var buffer = [CChar](repeating: 0, count: 256)
     _ = PQcancel(cancel, &buffer, Int32(buffer.count))

@@ -180,7 +180,8 @@ import Testing
     ]
     for (name, command) in samples {
       let vectorsCheck = try capture(command)
-      #expect(vectorsCheck.status == 0 && vectorsCheck.output.contains("3 passed, 0 failed"), "\(name): \(vectorsCheck)")
+      #expect(
+        vectorsCheck.status == 0 && vectorsCheck.output.contains("3 passed, 0 failed"), "\(name): \(vectorsCheck)")
       let id = "from-" + name
       let event =
         #"{"source": "app.relayed", "id": "\#(id)", "type": "post", "actor": "josé", "scope": "team-b", "dedupe_key": null, "payload": "{\"n\": 7}"}"#

@@ -62,6 +62,10 @@ final class TestDatabase: @unchecked Sendable {
     self.url = url
     slot = String(url.split(separator: "/").last ?? "sluice")
     connection = try PGConnection(conninfo: url)
+    // A test that waits on a lock only it could release (its own open
+    // transaction elsewhere) fails in two minutes instead of hanging the
+    // suite, and with it every slot creation in the cluster.
+    try connection.simpleQuery("SET lock_timeout = '120s'")
   }
 
   @discardableResult
