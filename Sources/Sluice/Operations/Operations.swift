@@ -63,7 +63,7 @@ public struct Operations {
     defer { deadline.close() }
     let environment = ApplyEnvironment(
       connection: connection, registry: registry, deadline: deadline,
-      handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds)
+      handlerTimeoutMilliseconds: configuration.handlerTimeoutMilliseconds, logger: logger)
     var results: [(DeadEvent, EventStatus, String?)] = []
     for dead in targets {
       let outcome = try Self.holdingLock(of: dead, on: connection) { try retry(dead, environment) }
@@ -130,7 +130,8 @@ public struct Operations {
       switch outcome {
       case .committed(let entries), .sent(let entries):
         return (entries.first?.status ?? .applied, entries.first?.reason)
-      case .stoppedAt(_, let error, _), .failed(let error):
+      case .stoppedAt, .failed:
+        let error = outcome.failure ?? "failed"
         logger.warning(
           "retry failed", metadata: ["event_id": "\(dead.eventID)", "attempt": "\(attempt)", "error": "\(error)"])
         if attempt == configuration.maxAttempts {

@@ -8,10 +8,20 @@ enum StrategyOutcome {
   case committed([LedgerEntry])
   /// Fast only: COMMIT was sent and its results are not read yet (`FastStrategy.apply(leavingUnread:)`).
   case sent([LedgerEntry])
-  /// Careful only: the entries before `index` committed; its handler failed with `error`.
-  case stoppedAt(Int, error: String, committed: [LedgerEntry])
+  /// Careful only: the entries before `index` committed; its handler failed
+  /// with `error`, which may pass on another attempt.
+  case stoppedAt(Int, error: HandlerFailure, committed: [LedgerEntry])
   /// Nothing committed; the failure names no event.
   case failed(String)
+
+  /// What failed, if anything did.
+  var failure: String? {
+    switch self {
+    case .committed, .sent: nil
+    case .stoppedAt(_, let error, _): error.description
+    case .failed(let error): error
+    }
+  }
 }
 
 /// One way to apply `units[range]` in one transaction. `finish` gives the
@@ -45,6 +55,24 @@ struct LedgerUnwritable: Error, CustomStringConvertible {
 struct HandlerTimeout: Error, CustomStringConvertible {
   var milliseconds: Int
   var description: String { "handler timed out after \(milliseconds) ms (SLUICE_HANDLER_TIMEOUT_MS)" }
+}
+
+final class FinalFailures {
+  var count = 0
+}
+
+/// A handler's failure: what is recorded, and whether another attempt may
+/// pass (`RetryRule`: a data exception, a constraint, a plain RAISE cannot).
+struct HandlerFailure: CustomStringConvertible {
+  let description: String
+  let isFinal: Bool
+
+  init(_ error: any Error, timeoutMilliseconds: Int) {
+    let state = (error as? PostgresError)?.sqlState
+    description =
+      state == .queryCanceled ? HandlerTimeout(milliseconds: timeoutMilliseconds).description : "\(error)"
+    isFinal = RetryRule.isFinal(sqlState: state?.rawValue)
+  }
 }
 
 /// What the fast strategy's commits left to know: where their commit
@@ -82,8 +110,21 @@ struct ApplyEnvironment {
   let registry: HandlerRegistry
   let deadline: StatementDeadline
   let handlerTimeoutMilliseconds: Int
+  let logger: Logger
   let guards = RejectionGuards()
   let commits = CommitLog()
+  /// Handler failures made final since the processor last counted them.
+  let finals = FinalFailures()
+
+  /// An event made `dead` by an error no attempt could pass.
+  func finalFailure(_ unit: ApplyUnit, _ failure: HandlerFailure) {
+    finals.count += 1
+    logger.warning(
+      "event failed with an error no retry can pass; dead",
+      metadata: [
+        "event_type": "\(unit.event.type)", "event_id": "\(unit.event.id)", "error": "\(failure)",
+      ])
+  }
 
   func handler(_ choice: HandlerChoice, _ type: String) -> (any EventHandler)? {
     switch choice {
@@ -338,10 +379,15 @@ struct CarefulStrategy: ApplyStrategy {
           entries.append(unit.entry(.rejected, reason: error.message, attempts: attempt))
         } catch {
           if environment.mustThrow(error) { throw error }
-          let failure =
-            (error as? PostgresError).map(\.sqlState) == .queryCanceled
-            ? HandlerTimeout(milliseconds: environment.handlerTimeoutMilliseconds).description : "\(error)"
+          let failure = HandlerFailure(error, timeoutMilliseconds: environment.handlerTimeoutMilliseconds)
           try context.rollback()
+          if failure.isFinal {
+            // It would fail the same way again: dead now, and the rest go on
+            // in this transaction, waiting for no retry (SPEC section 8).
+            environment.finalFailure(unit, failure)
+            entries.append(unit.entry(.dead, reason: failure.description, attempts: attempt))
+            continue
+          }
           try commit(finish(entries, false), keeping: !entries.isEmpty)
           return .stoppedAt(index, error: failure, committed: entries)
         }

@@ -73,7 +73,7 @@ public final class BatchProcessor {
     self.logger = logger
     environment = ApplyEnvironment(
       connection: connection, registry: registry, deadline: StatementDeadline(connection, tick: tick),
-      handlerTimeoutMilliseconds: handlerTimeoutMilliseconds)
+      handlerTimeoutMilliseconds: handlerTimeoutMilliseconds, logger: logger)
     fast = FastStrategy(environment: environment)
     careful = CarefulStrategy(environment: environment)
   }
@@ -347,6 +347,7 @@ public final class BatchProcessor {
         } else {
           try settleUnread()
           outcome = try careful.apply(units, range, attempt: 1, finish: finish)
+          countFinalFailures()
         }
         switch outcome {
         case .sent(let entries):
@@ -358,7 +359,7 @@ public final class BatchProcessor {
           schedule.report(.committed)
         case .stoppedAt(let index, let error, let entries):
           committed += entries
-          try countFailedAttempt(units[index], error: error)
+          try countFailedAttempt(units[index], error: error.description)
           schedule.report(.stoppedAt(index))
         case .failed(let error):
           logger.debug("batch part redone", metadata: ["events": "\(range.count)", "why": "\(error)"])
@@ -383,6 +384,11 @@ public final class BatchProcessor {
 
   private static func highWater(_ entries: [LedgerEntry]) -> LSN? {
     entries.lazy.compactMap(\.event.commitLSN).max()
+  }
+
+  private func countFinalFailures() {
+    for _ in 0..<environment.finals.count { metrics?.handlerFailed() }
+    environment.finals.count = 0
   }
 
   /// The careful strategy's one try counts as the event's first attempt.
@@ -422,8 +428,10 @@ public final class BatchProcessor {
       }
       let error: String
       switch outcome {
-      case .committed(let entries), .sent(let entries): return entries[0]
-      case .stoppedAt(_, let failure, _), .failed(let failure): error = failure
+      case .committed(let entries), .sent(let entries):
+        countFinalFailures()  // the careful try made it dead at once
+        return entries[0]
+      case .stoppedAt, .failed: error = outcome.failure ?? "failed"
       }
       metrics?.handlerFailed()
       logger.warning(

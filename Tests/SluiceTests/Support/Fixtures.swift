@@ -23,11 +23,12 @@ enum XPFixture {
         INSERT INTO xp.totals VALUES (e->>'actor', n)
           ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + n;
       END $$;
-      -- Fails while its switch is on: a handler with a bug, fixed later.
+      -- Fails while its switch is on, with an error that may pass (a
+      -- serialization failure: retried, SPEC 8), until it is fixed.
       CREATE FUNCTION xp.flaky(e jsonb) RETURNS void LANGUAGE plpgsql AS $$
       BEGIN
         IF (SELECT failing FROM xp.switches WHERE name = 'flaky') THEN
-          RAISE EXCEPTION 'flaky handler is broken';
+          RAISE EXCEPTION 'flaky handler is broken' USING ERRCODE = 'serialization_failure';
         END IF;
         INSERT INTO xp.totals VALUES (e->>'actor', 1000)
           ON CONFLICT (user_id) DO UPDATE SET xp = xp.totals.xp + 1000;
