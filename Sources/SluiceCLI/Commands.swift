@@ -142,7 +142,7 @@ struct CheckCommand: ParsableCommand {
 struct BackfillCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "backfill",
-    abstract: "Process rows of a source that the ledger has not seen, in id order, by the same rules.")
+    abstract: "Process rows of a source that the ledger has not seen, in commit order, by the same rules.")
 
   @Argument(help: "The source table, schema.table.")
   var relation: String

@@ -191,7 +191,7 @@ public struct Operations {
     return discarded
   }
 
-  /// `sluice backfill RELATION`: rows the ledger has not seen, in id order,
+  /// `sluice backfill RELATION`: rows the ledger has not seen, in commit order,
   /// judged by the rules as they stand now.
   public func backfill(relation: String, stop: StopSignal?) throws -> Int {
     let connection = try connect()

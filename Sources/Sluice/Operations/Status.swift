@@ -257,6 +257,15 @@ extension Operations {
     probe("wal_level is logical", "set wal_level = logical in postgresql.conf and restart Postgres") {
       try connection.query("SHOW wal_level").scalar == "logical"
     }
+    // SPEC 8: backfills keep commit order; without commit timestamps, by transaction id.
+    if let tracked = try? connection.query("SHOW track_commit_timestamp").scalar, tracked != "on" {
+      findings.append(
+        Finding(
+          ok: false,
+          what:
+            "track_commit_timestamp is off: backfills order rows by transaction id, which is the order transactions began, not always the order they committed",
+          fix: "set track_commit_timestamp = on in postgresql.conf and restart Postgres", warning: true))
+    }
     probe(
       "role may replicate (REPLICATION or superuser)",
       "ALTER ROLE <the daemon's role> REPLICATION; (or use the role sql/roles.sql creates)"

@@ -86,11 +86,11 @@ enum PolicyStore {
   }
 }
 
-/// Processes the rows of a source that the ledger has not seen, in id order.
+/// Processes the rows of a source that the ledger has not seen, in commit order.
 ///
 /// Linear in the rows whatever the planner's statistics say, in two steps:
 /// - `copy`, in the reader's transaction (the snapshot whose rows are to be
-///   backfilled): the source's rows, numbered in id order, into a temporary
+///   backfilled): the source's rows, numbered in commit order, into a temporary
 ///   table of the reader's session (one scan and one sort, written to no WAL),
 ///   with columns of its own: a later change of the source's columns
 ///   changes neither the copy nor what its rows become;
@@ -116,18 +116,19 @@ enum Backfill {
 
   /// In the reader's open transaction: copies the rows of `source` (not
   /// those `excludingXID` wrote: the registering transaction's rows are the
-  /// stream's) into a temporary table, numbered in id order.
+  /// stream's) into a temporary table, numbered in commit order.
   static func copy(source: SourceMapping, reader: PGConnection, excludingXID: String? = nil) throws -> Copy {
     let table = "sluice_backfill_\(copies.add(1, ordering: .relaxed).newValue)"
     let relation = PGConnection.quoteQualified(source.relation)
     let id = PGConnection.quoteIdentifier(source.idColumn)
+    let order = try commitOrder(reader, id: "t.\(id)")
     try reader.query("DROP TABLE IF EXISTS pg_temp.\(table)")
     // SPEC 13: a 'session' source's rows from before its guard never proved their actor.
     let judged = source.actorFrom == .session && !source.trustsExisting
     try reader.query(
       """
       CREATE TEMPORARY TABLE \(table) AS
-      SELECT row_number() OVER (ORDER BY t.\(id)) AS sluice_backfill_n,
+      SELECT row_number() OVER (ORDER BY \(order)) AS sluice_backfill_n,
              \(judged ? "sluice.before_guard(f.fence, f.guard_xid, t.xmin)" : "false") AS sluice_backfill_before_guard,
              t.*
       FROM \(relation) t
@@ -136,6 +137,19 @@ enum Backfill {
       """)
     try reader.query("CREATE INDEX ON pg_temp.\(table) (sluice_backfill_n)")
     return Copy(relation: source.relation, table: table)
+  }
+
+  /// SPEC 8: rows in the order their transactions committed, so that an
+  /// undo recovered after a lost slot follows the award it undoes (and ids
+  /// a client picks buy no place in the queue). With
+  /// `track_commit_timestamp`, by commit time (rows from before it was on,
+  /// or frozen, have none: they are older, and go first); otherwise, and
+  /// within one timestamp, by transaction id, oldest first: `age(xmin)` is
+  /// counted from the current id, so it orders across wraparound, and a
+  /// frozen row's is the largest. By id only within one transaction.
+  static func commitOrder(_ reader: PGConnection, id: String) throws -> String {
+    let tracked = try reader.query("SHOW track_commit_timestamp").scalar == "on"
+    return (tracked ? "pg_xact_commit_timestamp(t.xmin) NULLS FIRST, " : "") + "age(t.xmin) DESC, \(id)"
   }
 
   /// Once the reader's transaction ended: applies the copy through
