@@ -179,13 +179,13 @@ import Testing
 
     #expect(try outcome(db, 1) == "applied")
     #expect(try outcome(db, 2).hasPrefix("duplicate"))
-    #expect(try outcome(db, 3) == "rejected: cannot undo another user's action")
+    #expect(try outcome(db, 3) == "rejected: no applied award of yours to undo")
     #expect(try outcome(db, 4) == "applied")
-    #expect(try outcome(db, 5) == "rejected: action already undone")
-    #expect(try outcome(db, 6).hasPrefix("rejected: unknown action"))
-    #expect(try outcome(db, 7) == "rejected: only award_xp actions can be undone")
-    #expect(try outcome(db, 8) == "rejected: only award_xp actions can be undone")
-    #expect(try outcome(db, 9).hasPrefix("rejected: action \(uuid(100)) was not applied"))
+    #expect(try outcome(db, 5) == "rejected: no applied award of yours to undo")
+    #expect(try outcome(db, 6) == "rejected: no applied award of yours to undo")
+    #expect(try outcome(db, 7) == "rejected: no applied award of yours to undo")
+    #expect(try outcome(db, 8) == "rejected: no applied award of yours to undo")
+    #expect(try outcome(db, 9) == "rejected: no applied award of yours to undo")
     #expect(try outcome(db, 10) == "rejected: payload.action_id must be a uuid")
     for index in 0..<hostile.count {
       let result = try outcome(db, 100 + index)
@@ -207,11 +207,11 @@ import Testing
     // Each player's app shows them their own outcomes, with the reasons.
     try outcomesMatchTheLedger(db)
     let ben = try seen(db, "ben")
-    #expect(ben[uuid(3)] == "rejected: cannot undo another user's action")
+    #expect(ben[uuid(3)] == "rejected: no applied award of yours to undo")
     #expect(ben.count == 41, "ben's 40 awards and his undo: \(ben.count)")
     let ann = try seen(db, "ann")
     #expect(ann[uuid(3)] == nil)
-    #expect(ann[uuid(5)] == "rejected: action already undone")
+    #expect(ann[uuid(5)] == "rejected: no applied award of yours to undo")
     #expect(ann[uuid(2)]?.hasPrefix("duplicate: dedupe key 'daily-bonus'") == true)
     #expect(
       try seen(db, "dan") == [uuid(11): "denied: event type 'award_xp' denied for actor 'dan': needs role player"])
