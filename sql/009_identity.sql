@@ -80,6 +80,10 @@ BEGIN
     RETURN NULL;
   END IF;
   BEGIN
+    -- Only a string names someone: a number, an array or an object does not.
+    IF jsonb_typeof(claims::jsonb -> 'sub') IS DISTINCT FROM 'string' THEN
+      RETURN NULL;
+    END IF;
     RETURN nullif(claims::jsonb ->> 'sub', '');
   EXCEPTION WHEN others THEN
     RETURN NULL;  -- claims that are not a JSON object name nobody
@@ -188,6 +192,12 @@ BEGIN
                        sluice.inserting_role());
   END IF;%2$s
   size := pg_column_size(NEW);
+  -- pg_column_size counts a compressed value as stored: lz4 makes 50 MB of
+  -- one letter 196 kB. What the WAL decoder and the daemon would hold is
+  -- the value uncompressed: measure that (as text) once a row is not small.
+  IF size > 1024 THEN
+    size := greatest(size, octet_length(NEW::text));
+  END IF;
   IF size > sluice.max_row_bytes() THEN
     RAISE EXCEPTION USING ERRCODE = '54000',
       MESSAGE = format('%3$s: the row is %%s bytes; the limit is %%s (sluice.settings max_row_bytes)',
@@ -344,6 +354,17 @@ BEGIN
         add_source.payload_column, coalesce(column_type, 'missing');
     END IF;
   END IF;
+  -- A generated column is computed after every BEFORE trigger: the guard
+  -- could neither fill it nor judge what it becomes.
+  IF add_source.actor_from = 'session' THEN
+    SELECT string_agg(quote_ident(a.attname), ', ') INTO column_type FROM pg_attribute a
+      WHERE a.attrelid = rel AND a.attname IN (add_source.actor_column, add_source.scope_column)
+        AND a.attgenerated <> '' AND NOT a.attisdropped;
+    IF column_type IS NOT NULL THEN
+      RAISE EXCEPTION 'sluice.add_source: % of % is a generated column: the session guard cannot stamp or judge it (make it a plain column)',
+        column_type, qualified;
+    END IF;
+  END IF;
   IF add_source.existing NOT IN ('deny', 'trust') THEN
     RAISE EXCEPTION 'sluice.add_source: existing is %; it takes deny or trust', add_source.existing;
   END IF;
@@ -352,7 +373,10 @@ BEGIN
                                    payload_column, existing)
     VALUES (qualified, add_source.event_type_column, add_source.event_type, coalesce(add_source.id_column, 'id'),
             add_source.actor_column, add_source.dedupe_column, add_source.scope_column, add_source.retain,
-            add_source.actor_from, scope_fn::oid::regproc::text, add_source.signature_column, add_source.key_column,
+            add_source.actor_from,
+            (SELECT format('%I.%I', n.nspname, p.proname) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE p.oid = scope_fn),
+            add_source.signature_column, add_source.key_column,
             add_source.payload_column, add_source.existing)
     ON CONFLICT ON CONSTRAINT sources_pkey DO UPDATE SET
       event_type_column = EXCLUDED.event_type_column, event_type = EXCLUDED.event_type,

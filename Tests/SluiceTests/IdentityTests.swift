@@ -362,4 +362,111 @@ import Testing
         "the row names actor 'ben', but the session's actor is 'ann'") == true)
     #expect(try XPFixture.totals(db) == ["ann": 7])
   }
+
+  /// Found by review (attack on SPEC 13): what changes the actor after the
+  /// guard judged the row. A generated actor column is computed after every
+  /// BEFORE trigger, and another BEFORE trigger sorting after sluice_guard
+  /// fires after it: each stored a row in Ben's name from Ann's session.
+  @Test func whatCouldRewriteTheActorAfterTheGuardIsRefused() throws {
+    let db = try TestDatabase("guardbypass")
+    try XPFixture.install(db)
+    try db.sql(
+      """
+      CREATE TABLE xp.computed (id text PRIMARY KEY, type text, payload jsonb NOT NULL DEFAULT '{}',
+                                user_id text GENERATED ALWAYS AS (payload->>'user') STORED)
+      """)
+    let generated = Self.refusal {
+      try db.sql("SELECT sluice.add_source('xp.computed', actor_column => 'user_id', event_type_column => 'type')")
+    }
+    #expect(
+      generated?.1.contains("user_id of xp.computed is a generated column") == true, "\(generated.debugDescription)")
+    // Made generated after registration: check and run refuse.
+    try db.sql(
+      """
+      SELECT sluice.add_source('xp.computed', actor_column => 'type', event_type => 'award', id_column => 'id');
+      ALTER TABLE xp.computed DROP COLUMN type;
+      ALTER TABLE xp.computed ADD COLUMN type text GENERATED ALWAYS AS (payload->>'user') STORED;
+      """)
+    var (status, output, _) = try runCommand(db, ["check"])
+    #expect(status == 78, "\(output)")
+    #expect(output.contains("on xp.computed column type is generated"), "\(output)")
+    try db.sql("SELECT sluice.drop_guard('xp.computed'); DELETE FROM sluice.sources WHERE relation = 'xp.computed'")
+    #expect(try runCommand(db, ["check"]).0 == 0)
+
+    let web = try Self.clientRole(db, "web", insertOn: ["xp.actions"])
+    try db.sql(
+      """
+      CREATE FUNCTION xp.tidy() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN NEW.user_id := NEW.payload->>'as'; RETURN NEW; END $$;
+      CREATE TRIGGER tidy BEFORE INSERT ON xp.actions FOR EACH ROW EXECUTE FUNCTION xp.tidy();
+      """)
+    try Self.asClient(
+      db, web, actor: "ann",
+      "INSERT INTO xp.actions (id, type, payload) VALUES ('t1', 'award', '{\"xp\": 1, \"as\": \"ben\"}')")
+    #expect(try db.scalar("SELECT user_id FROM xp.actions WHERE id = 't1'") == "ben", "the bypass is real")
+    (status, output, _) = try runCommand(db, ["check"])
+    #expect(status == 78, "\(output)")
+    #expect(output.contains("on xp.actions trigger tidy runs after it"), "\(output)")
+    let (runStatus, _, errors) = try runCommand(db, ["run"])
+    #expect(runStatus == 78, "\(errors)")
+    // One that fires before the guard is judged by it.
+    try db.sql("ALTER TRIGGER tidy ON xp.actions RENAME TO a_tidy")
+    #expect(try runCommand(db, ["check"]).0 == 0)
+    let renamed = Self.refusal {
+      try Self.asClient(
+        db, web, actor: "ann",
+        "INSERT INTO xp.actions (id, type, payload) VALUES ('t2', 'award', '{\"xp\": 1, \"as\": \"ben\"}')")
+    }
+    #expect(renamed?.0 == "42501")
+  }
+
+  /// Found by review: the row limit counted compressed values as stored,
+  /// so lz4 let 5 MB through a 100 kB limit; a `sub` claim that is not a
+  /// string named an actor; a scope_from function outside the guard's
+  /// search path was stored unqualified and broke every insert.
+  @Test func compressedRowsNumericSubsAndUnqualifiedScopeFunctions() throws {
+    let db = try TestDatabase("guardreview")
+    try XPFixture.install(db)
+    let web = try Self.clientRole(db, "web", insertOn: ["xp.actions"])
+    try db.sql("UPDATE sluice.settings SET value = '100000' WHERE name = 'max_row_bytes'")
+    try db.sql("GRANT TEMPORARY ON DATABASE \(db.slot) TO \(web)")
+    let compressed = Self.refusal {
+      try db.sql("BEGIN")
+      defer { _ = try? db.sql("ROLLBACK") }
+      try db.sql("SELECT set_config('role', $1, true), set_config('sluice.actor', 'ann', true)", [web])
+      try db.sql(
+        """
+        SET LOCAL default_toast_compression = 'lz4';
+        CREATE TEMP TABLE b (j jsonb) ON COMMIT DROP;
+        INSERT INTO b SELECT jsonb_build_object('xp', 1, 'pad', repeat('a', 5000000));
+        """)
+      #expect(try db.scalar("SELECT pg_column_size(j) < 100000 FROM b") == "t", "compressed under the limit")
+      try db.sql("INSERT INTO xp.actions (id, type, payload) SELECT 'z', 'award', j FROM b")
+    }
+    #expect(compressed?.0 == "54000", "\(compressed.debugDescription)")
+    #expect(compressed?.1.contains("the limit is 100000") == true)
+
+    for sub in ["42", "[\"ann\"]", "{\"a\": 1}", "true"] {
+      let refused = Self.refusal {
+        try Self.asClient(
+          db, web, claims: "{\"sub\": \(sub)}", "INSERT INTO xp.actions (id, type) VALUES ('s', 'award')")
+      }
+      #expect(refused?.0 == "42501" && refused?.1.contains("no authenticated actor") == true, "sub \(sub)")
+    }
+    try Self.asClient(
+      db, web, claims: #"{"sub": "ann"}"#, "INSERT INTO xp.actions (id, type) VALUES ('s', 'award')")
+    #expect(try db.scalar("SELECT user_id FROM xp.actions WHERE id = 's'") == "ann")
+
+    try db.sql(
+      """
+      CREATE TABLE public.edits (id text PRIMARY KEY, user_id text, team text);
+      CREATE FUNCTION public.team_of(e public.edits) RETURNS text LANGUAGE sql STABLE RETURN 'team-a';
+      SELECT sluice.add_source('edits', actor_column => 'user_id', event_type => 'edit',
+                               scope_column => 'team', scope_from => 'team_of');
+      """)
+    #expect(try db.scalar("SELECT scope_from FROM sluice.sources WHERE relation = 'public.edits'") == "public.team_of")
+    try db.sql("GRANT INSERT ON public.edits TO \(web)")
+    try Self.asClient(db, web, actor: "ann", "INSERT INTO public.edits (id) VALUES ('e1')")
+    #expect(try db.sql("SELECT user_id, team FROM public.edits").rows == [["ann", "team-a"]])
+  }
 }

@@ -21,6 +21,14 @@ enum IdentityChecks {
           fix: "SELECT sluice.install_guard('\(source)'); (or register it again with sluice.add_source)",
           refusesRun: true))
     }
+    for bypass in try guardBypasses(connection) {
+      findings.append(
+        Operations.Finding(
+          ok: false,
+          what:
+            "source \(bypass.source) takes its actor from the session, but on \(bypass.table) \(bypass.what), after the guard has judged the row: clients can act as anyone",
+          fix: bypass.fix, refusesRun: true))
+    }
     for writer in try untrustedWriters(connection) {
       let session = writer.actorFrom == "session"
       findings.append(
@@ -79,6 +87,38 @@ enum IdentityChecks {
       ORDER BY 1, 2
       """
     ).rows.map { ($0[0] ?? "?", $0[1] ?? "?", $0[2] ?? "?") }
+  }
+
+  /// What can change a 'session' source's actor or scope after its guard
+  /// has judged the row: another BEFORE row trigger that fires after it
+  /// (triggers fire in name order), or a generated actor or scope column
+  /// (computed after every BEFORE trigger). Found by review: either one
+  /// stored a row in another user's name that the guard had passed.
+  static func guardBypasses(_ connection: PGConnection) throws -> [(
+    source: String, table: String, what: String, fix: String
+  )] {
+    try connection.query(
+      """
+      WITH tables AS (
+        SELECT s.relation, s.actor_column, s.scope_column, t.relid
+        FROM sluice.sources s CROSS JOIN LATERAL sluice.source_tables(s.relation) t(relid)
+        WHERE s.actor_from = 'session')
+      SELECT t.relation, t.relid::regclass::text,
+             format('trigger %I runs after it (BEFORE row triggers fire in name order) and can rewrite the actor', tg.tgname),
+             format('DROP TRIGGER %I ON %s; (or rename it to sort before sluice_guard, if it leaves the actor and scope alone)',
+                    tg.tgname, t.relid::regclass)
+      FROM tables t JOIN pg_trigger tg ON tg.tgrelid = t.relid
+      WHERE NOT tg.tgisinternal AND tg.tgenabled <> 'D' AND tg.tgname COLLATE "C" > 'sluice_guard'
+        AND (tg.tgtype & 3) = 3 AND (tg.tgtype & 20) <> 0
+      UNION ALL
+      SELECT t.relation, t.relid::regclass::text,
+             format('column %I is generated (computed after every trigger)', a.attname),
+             format('make %I a plain column of %s (the guard fills it from the session)', a.attname, t.relid::regclass)
+      FROM tables t JOIN pg_attribute a ON a.attrelid = t.relid AND a.attname IN (t.actor_column, t.scope_column)
+      WHERE a.attgenerated <> '' AND NOT a.attisdropped
+      ORDER BY 1, 2, 3
+      """
+    ).rows.map { ($0[0] ?? "?", $0[1] ?? "?", $0[2] ?? "?", $0[3] ?? "?") }
   }
 
   struct Writer {
