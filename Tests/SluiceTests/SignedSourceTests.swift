@@ -83,6 +83,25 @@ import Testing
       [id, actor, scope, dedupe, payload, keyID, signed])
   }
 
+  /// A batch's signatures are verified on several threads: each answer is
+  /// the one a lone verification gives, in its place (seeded tampering).
+  @Test func verifyingABatchOnSeveralThreadsAnswersEachInPlace() throws {
+    let vectors = try Self.vectors()
+    let seed = Self.bytes(vectors.private_key_seed_hex)
+    let key = Self.bytes(vectors.public_key_hex)
+    var random = SeededGenerator(seed: testSeed(default: 13))
+    let items = (0..<1000).map { n -> SignatureToVerify in
+      let message = Array("event \(n)".utf8)
+      var signature = Ed25519.sign(message: message, seed: seed) ?? []
+      if Int.random(in: 0..<7, using: &random) == 0 { signature[Int.random(in: 0..<64, using: &random)] ^= 4 }
+      return SignatureToVerify(signature: signature, message: message, publicKey: key, keyID: "k")
+    }
+    let alone = items.map { Ed25519().verify(signature: $0.signature, message: $0.message, publicKey: $0.publicKey) }
+    #expect(Ed25519().verifyAll(items) == alone)
+    #expect(alone.contains(false) && alone.contains(true))
+    #expect(Ed25519().verifyAll([]) == [])
+  }
+
   @Test func signedRowsAreVerifiedAndEachFailureSaysWhy() throws {
     let vectors = try Self.vectors()
     let db = try TestDatabase("signed")

@@ -289,6 +289,7 @@ public struct StreamPlanner: Sendable {
 
   public mutating func plan(_ items: some Sequence<StreamItem>) -> BatchPlan {
     var plan = BatchPlan()
+    var unverified: [Unverified] = []
     for item in items {
       switch item {
       case .begin(let xid, let commitLSN, let commitTime):
@@ -323,10 +324,39 @@ public struct StreamPlanner: Sendable {
           plan.ignored += 1
           continue
         }
-        plan.candidates.append(candidate(source, row, position: lsn))
+        add(candidate(source, row, position: lsn), to: &plan, &unverified)
       }
     }
+    settle(unverified, in: &plan)
     return plan
+  }
+
+  /// A candidate whose signature is still to be verified: allowed or denied
+  /// by the rules as if proven, and denied if the signature does not verify.
+  struct Unverified {
+    var index: Int
+    var signature: SignatureToVerify
+    /// The row as read (a denied event keeps all of it; a proven one only what was signed).
+    var row: Row
+  }
+
+  private func add(_ made: (Candidate, Unverified?), to plan: inout BatchPlan, _ unverified: inout [Unverified]) {
+    if var pending = made.1 {
+      pending.index = plan.candidates.count
+      unverified.append(pending)
+    }
+    plan.candidates.append(made.0)
+  }
+
+  /// Verifies a batch's signatures together (on several threads, when the
+  /// verifier can): the key and message of each were decided in stream order.
+  private func settle(_ unverified: [Unverified], in plan: inout BatchPlan) {
+    guard !unverified.isEmpty, let signatures else { return }
+    let results = signatures.verifier.verifyAll(unverified.map(\.signature))
+    for (pending, verified) in zip(unverified, results) where !verified {
+      plan.candidates[pending.index].event.row = pending.row
+      plan.candidates[pending.index].decision = .denied(pending.signature.failure)
+    }
   }
 
   /// A row read outside the stream (backfill). `beforeGuard`: written
@@ -345,46 +375,54 @@ public struct StreamPlanner: Sendable {
   /// Plans rows read outside the stream (backfill): no commit LSN, the current policy.
   public func plan(rows: [ReadRow]) -> BatchPlan {
     var plan = BatchPlan()
+    var unverified: [Unverified] = []
     for read in rows {
       guard let source = policy.source(read.relation) else {
         plan.ignored += 1
         continue
       }
-      plan.candidates.append(candidate(source, read.row, position: nil, beforeGuard: read.beforeGuard))
+      add(candidate(source, read.row, position: nil, beforeGuard: read.beforeGuard), to: &plan, &unverified)
     }
+    settle(unverified, in: &plan)
     return plan
   }
 
   public static let beforeGuardReason = "written before the source's guard"
 
-  private func candidate(_ source: SourceMapping, _ row: Row, position: LSN?, beforeGuard: Bool = false) -> Candidate {
+  private func candidate(_ source: SourceMapping, _ row: Row, position: LSN?, beforeGuard: Bool = false) -> (
+    Candidate, Unverified?
+  ) {
     var (event, malformed) = source.event(
       from: row, commitLSN: open?.commitLSN, committedAt: open?.commitTime, xid: open?.xid, position: position)
     let label = catalog.metricLabel(for: event.type, in: policy)
-    if let malformed { return Candidate(event: event, decision: .malformed(malformed), metricLabel: label) }
-    if let denial = proofDenial(source, event, beforeGuard: beforeGuard) {
-      return Candidate(event: event, decision: .denied(denial), metricLabel: label)
+    if let malformed { return (Candidate(event: event, decision: .malformed(malformed), metricLabel: label), nil) }
+    var unverified: Unverified?
+    switch proof(source, event, beforeGuard: beforeGuard) {
+    case .unclaimed: break
+    case .denied(let denial): return (Candidate(event: event, decision: .denied(denial), metricLabel: label), nil)
+    case .verify(let signature): unverified = Unverified(index: -1, signature: signature, row: event.row)
     }
     event.row = source.signedView(of: event.row)
     switch policy.evaluate(event) {
     case .deny(let reason):
-      return Candidate(event: event, decision: .denied(reason), metricLabel: label)
+      return (Candidate(event: event, decision: .denied(reason), metricLabel: label), unverified)
     case .allow:
-      return Candidate(
-        event: event, decision: .allowed(catalog.choice(for: event.type, in: policy)), metricLabel: label)
+      let choice = catalog.choice(for: event.type, in: policy)
+      return (Candidate(event: event, decision: .allowed(choice), metricLabel: label), unverified)
     }
   }
 
-  /// SPEC 13, before the rules: why the row does not prove its actor, or nil.
-  private func proofDenial(_ source: SourceMapping, _ event: Event, beforeGuard: Bool) -> String? {
+  /// SPEC 13, before the rules: why the row does not prove its actor, or
+  /// the signature that proves it if it verifies.
+  private func proof(_ source: SourceMapping, _ event: Event, beforeGuard: Bool) -> SignatureCheck.Verdict {
     switch source.actorFrom {
-    case .column: return nil
+    case .column: return .unclaimed
     case .session:
-      guard beforeGuard, !source.trustsExisting else { return nil }
-      return "event type '\(event.type)' denied: \(Self.beforeGuardReason) (its actor was never proven)"
+      guard beforeGuard, !source.trustsExisting else { return .unclaimed }
+      return .denied("event type '\(event.type)' denied: \(Self.beforeGuardReason) (its actor was never proven)")
     case .signed(let columns):
-      guard let signatures else { return "signed event denied: this daemon cannot verify signatures" }
-      return signatures.denial(
+      guard let signatures else { return .denied("signed event denied: this daemon cannot verify signatures") }
+      return signatures.verdict(
         of: event, columns: columns, keys: { policy.actorKey(actor: $0, keyID: $1) },
         keyIsForeign: { policy.keyBelongsToOthers(actor: $0, keyID: $1) })
     }

@@ -45,6 +45,33 @@ public struct SignedColumns: Sendable, Equatable {
 /// message; only an implementation of this touches libcrypto (SluiceHTTP's `Ed25519`).
 public protocol SignatureVerifier: Sendable {
   func verify(signature: [UInt8], message: [UInt8], publicKey: [UInt8]) -> Bool
+  /// Verifies many at once (an implementation may use several threads): one result per item, in order.
+  func verifyAll(_ items: [SignatureToVerify]) -> [Bool]
+}
+
+extension SignatureVerifier {
+  public func verifyAll(_ items: [SignatureToVerify]) -> [Bool] {
+    items.map { verify(signature: $0.signature, message: $0.message, publicKey: $0.publicKey) }
+  }
+}
+
+/// A signature whose key and message are known, and that only libcrypto's
+/// answer separates from a proven actor.
+public struct SignatureToVerify: Sendable, Equatable {
+  public var signature: [UInt8]
+  public var message: [UInt8]
+  public var publicKey: [UInt8]
+  public var keyID: String
+
+  public init(signature: [UInt8], message: [UInt8], publicKey: [UInt8], keyID: String) {
+    self.signature = signature
+    self.message = message
+    self.publicKey = publicKey
+    self.keyID = keyID
+  }
+
+  /// The reason an event is denied when its signature does not verify.
+  public var failure: String { "signed event denied: the signature does not verify with key '\(keyID)'" }
 }
 
 /// SPEC 13's signed message: the bytes `sluice-event-v1`, then for each of
@@ -101,37 +128,77 @@ public struct SignatureCheck: Sendable {
 
   public init(verifier: any SignatureVerifier) { self.verifier = verifier }
 
+  /// What a signed row comes to, as of its position.
+  public enum Verdict: Sendable, Equatable {
+    /// Nothing to verify: no actor (the rules deny it).
+    case unclaimed
+    case denied(String)
+    /// Proven if this signature verifies.
+    case verify(SignatureToVerify)
+  }
+
+  /// The verdict on one row, verified at once (nil: proven).
   public func denial(
     of event: Event, columns: SignedColumns, keys: (String, String) -> ActorKey?,
     keyIsForeign: (String, String) -> Bool
   ) -> String? {
+    switch verdict(of: event, columns: columns, keys: keys, keyIsForeign: keyIsForeign) {
+    case .unclaimed: return nil
+    case .denied(let reason): return reason
+    case .verify(let item): return verifier.verifyAll([item])[0] ? nil : item.failure
+    }
+  }
+
+  /// Everything but the signature arithmetic: which key (as of the event's
+  /// position), which message. The arithmetic can then run for a whole
+  /// batch at once, on several threads (`SignatureVerifier.verifyAll`).
+  public func verdict(
+    of event: Event, columns: SignedColumns, keys: (String, String) -> ActorKey?,
+    keyIsForeign: (String, String) -> Bool
+  ) -> Verdict {
+    switch checkedSignature(of: event, columns: columns, keys: keys, keyIsForeign: keyIsForeign) {
+    case .none: return .unclaimed
+    case .some(.failure(let denied)): return .denied(denied.reason)
+    case .some(.success(let item)): return .verify(item)
+    }
+  }
+
+  private struct Denied: Error { var reason: String }
+
+  private func checkedSignature(
+    of event: Event, columns: SignedColumns, keys: (String, String) -> ActorKey?,
+    keyIsForeign: (String, String) -> Bool
+  ) -> Result<SignatureToVerify, Denied>? {
+    func denial(_ reason: String) -> Result<SignatureToVerify, Denied>? { .failure(Denied(reason: reason)) }
     let row = event.row
     guard let actor = event.actor, !actor.isEmpty else { return nil }  // the rules deny an empty actor
     let signature: [UInt8]
     switch row[columns.signatureColumn] {
-    case .none, .some(.null): return "signed event denied: no signature (column \(columns.signatureColumn) is NULL)"
+    case .none, .some(.null):
+      return denial("signed event denied: no signature (column \(columns.signatureColumn) is NULL)")
     case .some(.bytes(let bytes)):
       guard bytes.count == Ed25519Sizes.signature else {
-        return "signed event denied: malformed signature (\(bytes.count) bytes; an Ed25519 signature is 64)"
+        return denial("signed event denied: malformed signature (\(bytes.count) bytes; an Ed25519 signature is 64)")
       }
       signature = bytes
-    case .some: return "signed event denied: malformed signature (column \(columns.signatureColumn) is not bytea)"
+    case .some:
+      return denial("signed event denied: malformed signature (column \(columns.signatureColumn) is not bytea)")
     }
     guard let keyID = row.text(columns.keyColumn), !keyID.isEmpty else {
-      return "signed event denied: no key id (column \(columns.keyColumn) is NULL or empty)"
+      return denial("signed event denied: no key id (column \(columns.keyColumn) is NULL or empty)")
     }
     if keyID.utf8.count > EventLimits.maxFieldBytes {
-      return
-        "signed event denied: the key id is \(keyID.utf8.count) bytes long; the limit is \(EventLimits.maxFieldBytes)"
+      return denial(
+        "signed event denied: the key id is \(keyID.utf8.count) bytes long; the limit is \(EventLimits.maxFieldBytes)")
     }
     guard let key = keys(actor, keyID) else {
       if keyIsForeign(actor, keyID) {
-        return "signed event denied: key '\(keyID)' is not a key of actor '\(actor)'"
+        return denial("signed event denied: key '\(keyID)' is not a key of actor '\(actor)'")
       }
-      return "signed event denied: unknown key '\(keyID)' for actor '\(actor)'"
+      return denial("signed event denied: unknown key '\(keyID)' for actor '\(actor)'")
     }
     guard let publicKey = key.publicKey, publicKey.count == Ed25519Sizes.publicKey else {
-      return "signed event denied: key '\(keyID)' is not a 32-byte Ed25519 public key"
+      return denial("signed event denied: key '\(keyID)' is not a 32-byte Ed25519 public key")
     }
     let payload: [UInt8]?
     switch row[columns.payloadColumn] {
@@ -143,10 +210,7 @@ public struct SignatureCheck: Sendable {
     let message = SignedMessage.encode(
       source: event.source, id: event.idIsSynthetic ? nil : event.id, type: event.type, actor: actor,
       scope: event.scope, dedupeKey: event.dedupeKey, payload: payload)
-    guard verifier.verify(signature: signature, message: message, publicKey: publicKey) else {
-      return "signed event denied: the signature does not verify with key '\(keyID)'"
-    }
-    return nil
+    return .success(SignatureToVerify(signature: signature, message: message, publicKey: publicKey, keyID: keyID))
   }
 }
 
