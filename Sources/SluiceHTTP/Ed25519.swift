@@ -11,11 +11,7 @@ public struct Ed25519: SignatureVerifier {
 
   public func verify(signature: [UInt8], message: [UInt8], publicKey: [UInt8]) -> Bool {
     guard signature.count == Ed25519Sizes.signature, publicKey.count == Ed25519Sizes.publicKey else { return false }
-    guard
-      let key = publicKey.withUnsafeBufferPointer({
-        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.baseAddress, $0.count)
-      })
-    else { return false }
+    guard let key = Self.keys.key(publicKey) else { return false }
     defer { EVP_PKEY_free(key) }
     guard let context = EVP_MD_CTX_new() else { return false }
     defer { EVP_MD_CTX_free(context) }
@@ -28,7 +24,40 @@ public struct Ed25519: SignatureVerifier {
   }
 }
 
+/// libcrypto's keys, made once per public key: OpenSSL 3 imports a raw key
+/// through its provider (a fetch, a lock), which cost more than the
+/// verification itself, every event. Each key handed out is its caller's
+/// reference (EVP_PKEY_free it); the cache keeps its own.
+private final class KeyCache: @unchecked Sendable {
+  private let lock = NSLock()
+  private var keys: [[UInt8]: OpaquePointer] = [:]
+  private let capacity = 10_000
+
+  func key(_ bytes: [UInt8]) -> OpaquePointer? {
+    lock.lock()
+    defer { lock.unlock() }
+    if let key = keys[bytes] {
+      EVP_PKEY_up_ref(key)
+      return key
+    }
+    guard
+      let key = bytes.withUnsafeBufferPointer({
+        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.baseAddress, $0.count)
+      })
+    else { return nil }
+    if keys.count >= capacity {
+      for old in keys.values { EVP_PKEY_free(old) }
+      keys.removeAll(keepingCapacity: true)
+    }
+    keys[bytes] = key
+    EVP_PKEY_up_ref(key)
+    return key
+  }
+}
+
 extension Ed25519 {
+  fileprivate static let keys = KeyCache()
+
   /// A batch's signatures on every core: a verification costs about 100 µs,
   /// ten times what the rest of an event costs the daemon. Fewer than 64 run
   /// on the calling thread.
