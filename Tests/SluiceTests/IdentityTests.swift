@@ -469,4 +469,31 @@ import Testing
     try Self.asClient(db, web, actor: "ann", "INSERT INTO public.edits (id) VALUES ('e1')")
     #expect(try db.sql("SELECT user_id, team FROM public.edits").rows == [["ann", "team-a"]])
   }
+
+  /// SPEC 13: a per-event Swift handler acts as its event's actor too: its
+  /// follow-up event is stamped with that actor, and one that names another
+  /// user in its payload is refused by the guard (the event goes dead).
+  @Test func aSwiftHandlersFollowUpEventCarriesItsEventsActor() throws {
+    let db = try TestDatabase("swiftspawn")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try db.sql("INSERT INTO sluice.permission_rules (event_type, role) VALUES ('swift_spawn', 'anyone')")
+    try createSlot(db, binary: "sluice-fixtures")
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload) VALUES
+        ('w1', 'ann', 'swift_spawn', '{}'), ('w2', 'ann', 'swift_spawn', '{"as": "ben"}');
+      """)
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "1"], binary: "sluice-fixtures")
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let statuses = try XPFixture.statuses(db)
+    #expect(statuses == ["w1": "applied", "w1-award": "applied", "w2": "dead"], "\(statuses) \(daemon.standardError)")
+    #expect(try db.scalar("SELECT user_id FROM xp.actions WHERE id = 'w1-award'") == "ann")
+    #expect(
+      try db.scalar("SELECT reason FROM sluice.event_log WHERE event_id = 'w2'")?.contains(
+        "the row names actor 'ben', but the session's actor is 'ann'") == true)
+    #expect(try XPFixture.totals(db) == ["ann": 7])
+  }
 }

@@ -52,4 +52,18 @@ struct EmitFromSwiftBatch: BatchEventHandler {
   }
 }
 
-SluiceCLI.main(handlers: [CrashOnMark(), EmitFromSwift(), EmitFromSwiftBatch()])
+/// `swift_spawn`: writes a follow-up `award` into `xp.actions` naming the
+/// actor the payload's `as` says (SPEC 13: the guard stamps or refuses it by
+/// the handler's session, which acts as the event's actor).
+struct SpawnFromSwift: EventHandler {
+  let eventType = "swift_spawn"
+
+  func handle(_ event: Event, in context: HandlerContext) throws -> Outcome {
+    try context.execute(
+      "INSERT INTO xp.actions (id, user_id, type, payload) VALUES ($1, $2, 'award', '{\"xp\": 7}')",
+      [event.id + "-award", event.payload?["as"]?.string])
+    return .applied
+  }
+}
+
+SluiceCLI.main(handlers: [CrashOnMark(), EmitFromSwift(), EmitFromSwiftBatch(), SpawnFromSwift()])
