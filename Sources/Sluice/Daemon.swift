@@ -149,7 +149,7 @@ public final class Daemon: @unchecked Sendable {
         conninfo: url, slot: configuration.slot, publication: configuration.publication,
         intervalSeconds: configuration.retentionIntervalSeconds,
         outcomes: configuration.outcomes, outcomeRetentionSeconds: configuration.outcomeRetentionSeconds,
-        logger: logger, metrics: metrics) : nil
+        outboxRetentionSeconds: configuration.outboxRetentionSeconds, logger: logger, metrics: metrics) : nil
     retention?.start()
     defer { retention?.stopAndWait() }
 

@@ -327,7 +327,7 @@ struct CompactCommand: ParsableCommand {
     let config = loadConfiguration()
     let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: Logger(label: "sluice"))
     let outcomes = try reportingFailure("compact") { try operations.compact(dryRun: dryRun) }
-    if outcomes.allSatisfy({ $0.relation == "sluice.outcomes" }) {
+    if outcomes.allSatisfy({ $0.relation == "sluice.outcomes" || $0.relation == "sluice.outbox" }) {
       print("no source has retain set (or the slot does not exist yet)")
     }
     for outcome in outcomes {

@@ -28,6 +28,7 @@ public final class DaemonMetrics: Sendable {
   private let outboxDead: Prometheus.Gauge
   private let outboxOldestPending: Prometheus.Gauge
   private let outcomesDeleted: Prometheus.Counter
+  private let outboxDeletedRows: Prometheus.Counter
   private let outcomesWaiting: Prometheus.Gauge
   /// The last lag figure, for `STATUS=` (a gauge cannot be read back).
   private let lastLagBytes = Atomic<Int>(0)
@@ -101,6 +102,10 @@ public final class DaemonMetrics: Sendable {
     outcomesDeleted = registry.makeCounter(
       descriptor: Self.name(
         "outcomes_deleted_rows", "total", "Outcome rows deleted by retention (older than SLUICE_OUTCOME_RETENTION)."))
+    outboxDeletedRows = registry.makeCounter(
+      descriptor: Self.name(
+        "outbox_deleted_rows", "total",
+        "Delivered webhook rows deleted by retention (delivered longer ago than SLUICE_OUTBOX_RETENTION)."))
     outcomesWaiting = registry.makeGauge(
       descriptor: Self.name(
         "outcomes_retention_backlog", "rows", "Outcome rows old enough to delete, counted after each retention pass."))
@@ -173,6 +178,7 @@ public final class DaemonMetrics: Sendable {
   }
 
   func outcomesExpired(deleted: Int) { outcomesDeleted.increment(by: Int64(deleted)) }
+  func outboxDeleted(rows: Int) { outboxDeletedRows.increment(by: Int64(rows)) }
   func setOutcomesWaiting(_ rows: Int) { outcomesWaiting.set(Int64(rows)) }
 
   func reconnected() { reconnects.increment() }

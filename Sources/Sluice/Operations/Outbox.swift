@@ -61,17 +61,55 @@ extension Operations {
       .affectedRows
   }
 
-  /// For `status`: pending and dead deliveries, and the oldest pending one's age in seconds.
-  static func outboxSummary(_ connection: PGConnection) throws -> StatusReport.Outbox {
+  /// For `status`: pending and dead deliveries, the oldest pending one's
+  /// age in seconds, and delivered ones past `SLUICE_OUTBOX_RETENTION`
+  /// (waiting for the next retention pass).
+  static func outboxSummary(_ connection: PGConnection, retentionSeconds: Int) throws -> StatusReport.Outbox {
     let row = try connection.query(
       """
       SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead'),
-        extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
+        extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8,
+        (SELECT count(*) FROM sluice.outbox
+         WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1::float8))
       FROM sluice.outbox WHERE status IN ('pending', 'dead')
-      """
+      """, [String(retentionSeconds)]
     ).rows.first
     return StatusReport.Outbox(
       pending: Int(row?[0] ?? "") ?? 0, dead: Int(row?[1] ?? "") ?? 0,
-      oldestPendingSeconds: row?[2].flatMap { Double($0) })
+      oldestPendingSeconds: row?[2].flatMap { Double($0) }, deliveredPastRetention: Int(row?[3] ?? "") ?? 0)
+  }
+}
+
+/// SPEC 10: delivered outbox rows go once `SLUICE_OUTBOX_RETENTION` has
+/// passed since their delivery, oldest first, 1,000 a transaction (index
+/// `outbox_delivered`). Pending and dead deliveries stay.
+enum OutboxRetention {
+  static let batchRows = 1000
+
+  /// Deletes (or, dry, counts) them; `paced` is told after each batch how
+  /// many rows went so far. Returns how many went.
+  static func deleteDelivered(
+    retentionSeconds: Int, on connection: PGConnection, dryRun: Bool, stop: () -> Bool = { false },
+    paced: (Int) -> Void = { _ in }
+  ) throws -> Int {
+    let old = "status = 'delivered' AND delivered_at < now() - make_interval(secs => $1::float8)"
+    if dryRun {
+      return Int(
+        try connection.query("SELECT count(*) FROM sluice.outbox WHERE \(old)", [String(retentionSeconds)]).scalar
+          ?? "") ?? 0
+    }
+    var deleted = 0
+    while !stop() {
+      let batch = try connection.query(
+        """
+        DELETE FROM sluice.outbox WHERE id IN (
+          SELECT id FROM sluice.outbox WHERE \(old) ORDER BY delivered_at LIMIT \(batchRows))
+        """, [String(retentionSeconds)]
+      ).affectedRows
+      deleted += batch
+      paced(deleted)
+      if batch < batchRows { break }
+    }
+    return deleted
   }
 }

@@ -33,6 +33,8 @@ public struct StatusReport: Sendable {
     public var pending: Int
     public var dead: Int
     public var oldestPendingSeconds: Double?
+    /// Delivered, and older than SLUICE_OUTBOX_RETENTION: the next retention pass deletes them.
+    public var deliveredPastRetention = 0
   }
 
   public func json() -> String {
@@ -69,6 +71,7 @@ public struct StatusReport: Sendable {
     writer.object([
       ("pending", .int(Int64(outbox.pending))), ("dead", .int(Int64(outbox.dead))),
       ("oldest_pending_seconds", optional(outbox.oldestPendingSeconds, ColumnValue.float)),
+      ("delivered_past_retention", .int(Int64(outbox.deliveredPastRetention))),
     ])
     writer.raw(",")
     writer.key("retention_waiting")
@@ -109,7 +112,8 @@ public struct StatusReport: Sendable {
     if dead.count > 20 { lines.append("dead       … \(dead.count - 20) more: sluice dlq list") }
     lines.append(
       "outbox     pending \(outbox.pending), dead \(outbox.dead)"
-        + (outbox.oldestPendingSeconds.map { ", oldest pending \(format2($0)) s" } ?? ""))
+        + (outbox.oldestPendingSeconds.map { ", oldest pending \(format2($0)) s" } ?? "")
+        + ", delivered past retention \(outbox.deliveredPastRetention)")
     for source in retentionWaiting {
       lines.append("retention  \(source.relation): \(source.rows) processed rows waiting to be deleted")
     }
@@ -152,7 +156,8 @@ extension Operations {
       streaming: slot?[0] == "t", streamingPID: slot.flatMap { $0[1] }.flatMap { Int($0) },
       confirmedLSN: slot.flatMap { $0[2] }, lagBytes: lagBytes, lagSeconds: lagSeconds,
       retainedWALBytes: slot.flatMap { $0[4] }.flatMap { Int($0) }, counts: counts,
-      dead: try deadEvents(), outbox: try Self.outboxSummary(connection),
+      dead: try deadEvents(),
+      outbox: try Self.outboxSummary(connection, retentionSeconds: configuration.outboxRetentionSeconds),
       retentionWaiting: try Retention.waiting(
         connection, slot: configuration.slot, publication: configuration.publication),
       ledger: try LedgerPartitions.size(on: connection, events: counts.values.reduce(0, +)),

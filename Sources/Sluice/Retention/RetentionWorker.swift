@@ -13,6 +13,7 @@ final class RetentionWorker: @unchecked Sendable {
   private let publication: String
   private let intervalSeconds: Int
   private let outcomeRetentionSeconds: Int
+  private let outboxRetentionSeconds: Int
   private let outcomes: Bool
   private let logger: Logger
   private let metrics: DaemonMetrics
@@ -25,8 +26,9 @@ final class RetentionWorker: @unchecked Sendable {
 
   init(
     conninfo: String, slot: String, publication: String, intervalSeconds: Int, outcomes: Bool,
-    outcomeRetentionSeconds: Int, logger: Logger, metrics: DaemonMetrics
+    outcomeRetentionSeconds: Int, outboxRetentionSeconds: Int, logger: Logger, metrics: DaemonMetrics
   ) {
+    self.outboxRetentionSeconds = outboxRetentionSeconds
     self.conninfo = conninfo
     self.slot = slot
     self.publication = publication
@@ -85,6 +87,25 @@ final class RetentionWorker: @unchecked Sendable {
         }
       } catch {
         logger.warning("retention pass failed; trying again next interval", metadata: ["error": "\(error)"])
+      }
+      // Delivered webhooks on their own, as outcomes below.
+      do {
+        let connection = try PGConnection(conninfo: conninfo, applicationName: "sluice-retention")
+        defer { connection.close() }
+        try connection.simpleQuery("SET lock_timeout = '5s'; SET statement_timeout = '60s'")
+        let started = ContinuousClock.now
+        let deleted = try OutboxRetention.deleteDelivered(
+          retentionSeconds: outboxRetentionSeconds, on: connection, dryRun: false, stop: { stop.isSet }
+        ) { rows in
+          let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - started.duration(to: .now).inSeconds
+          if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
+        }
+        metrics.outboxDeleted(rows: deleted)
+        if deleted > 0 {
+          logger.info("retention deleted delivered webhooks", metadata: ["rows": "\(deleted)"])
+        }
+      } catch {
+        logger.warning("outbox retention failed; trying again next interval", metadata: ["error": "\(error)"])
       }
       // Outcomes on their own: a source whose pass failed does not hold them up.
       do {

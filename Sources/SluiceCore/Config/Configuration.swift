@@ -29,6 +29,8 @@ public struct Configuration: Sendable, Equatable {
   /// and the publication that carries the table to a sync layer (nil: none).
   public var outcomes = false
   public var outcomeRetentionSeconds: Int = 7 * 86_400
+  /// Delivered outbox rows older than this are deleted (SPEC section 10).
+  public var outboxRetentionSeconds: Int = 7 * 86_400
   public var outcomesPublication: String?
   /// nil when metrics are `off`.
   public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9464)
@@ -94,6 +96,14 @@ public struct Configuration: Sendable, Equatable {
           message: "must be an interval from 1 minute to 100 years, such as '7 days' or '12 hours', got '\(text)'")
       }
       outcomeRetentionSeconds = seconds
+    }
+    if let text = try value("SLUICE_OUTBOX_RETENTION") {
+      guard let seconds = Self.intervalSeconds(text), (60...(100 * 365 * 86_400)).contains(seconds) else {
+        throw ConfigurationError(
+          variable: "SLUICE_OUTBOX_RETENTION",
+          message: "must be an interval from 1 minute to 100 years, such as '7 days' or '12 hours', got '\(text)'")
+      }
+      outboxRetentionSeconds = seconds
     }
     if let name = try identifier("SLUICE_OUTCOMES_PUBLICATION") {
       guard name != publication else {
