@@ -44,7 +44,7 @@ let package = Package(
         .embedInCode("003_poison_and_limits.sql"), .embedInCode("004_outbox.sql"),
         .embedInCode("005_retention.sql"), .embedInCode("006_outbox_body_limit.sql"),
         .embedInCode("007_ledger_partitions.sql"), .embedInCode("008_outcomes.sql"),
-        .embedInCode("009_identity.sql"), .embedInCode("010_outbox_retention.sql"),
+        .embedInCode("009_identity.sql"), .embedInCode("010_retention_replays_and_outbox.sql"),
       ]
     ),
     // Pure: decides, never touches a socket, the clock or the environment.

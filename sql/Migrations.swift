@@ -31,7 +31,7 @@ public enum SchemaMigrations {
     Migration(version: 8, name: "008_outcomes", sql: String(decoding: PackageResources._08_outcomes_sql, as: UTF8.self)),
     Migration(version: 9, name: "009_identity", sql: String(decoding: PackageResources._09_identity_sql, as: UTF8.self)),
     Migration(
-      version: 10, name: "010_outbox_retention",
-      sql: String(decoding: PackageResources._10_outbox_retention_sql, as: UTF8.self)),
+      version: 10, name: "010_retention_replays_and_outbox",
+      sql: String(decoding: PackageResources._10_retention_replays_and_outbox_sql, as: UTF8.self)),
   ]
 }

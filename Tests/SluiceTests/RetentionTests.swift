@@ -77,10 +77,62 @@ import Testing
     try db.sql("UPDATE xp.switches SET failing = false")
     #expect(try runCommand(db, ["dlq", "retry", "dead"]).0 == 0)
     try Self.caughtUp(db)
-    // dead, again and marker. The replayed id's row is not an event: its ledger row was retained
-    // already, so it stays (inert; docs/retention.md).
-    #expect(try Self.compact(db) == "xp.actions: deleted 3 rows")
-    #expect(try Self.rows(db) == ["applied"])
+    // dead, again and marker; and the replayed id's row, whose retain has passed since its own
+    // commit (SPEC 10; found on main: it had no ledger row, so no walk ever reached it).
+    #expect(try Self.compact(db) == "xp.actions: deleted 4 rows")
+    #expect(try Self.rows(db) == [])
+    #expect(try db.scalar("SELECT count(*) FROM sluice.retention_replays") == "0")
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+  }
+
+  /// SPEC 10: a replay's row goes once `retain` has passed since its own
+  /// commit, not its first's, and a replay of a dead event's id stays until
+  /// the event is resolved. Sources without `retain` note no replays.
+  @Test func aReplaysRowGoesOnceItsOwnRetainHasPassed() throws {
+    let db = try TestDatabase("retention_replays")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann", "bob"])
+    try db.sql("CREATE TABLE xp.kept (LIKE xp.actions INCLUDING ALL)")
+    try db.sql(
+      "SELECT sluice.add_source('xp.kept', actor_column => 'user_id', event_type_column => 'type', actor_from => 'column')"
+    )
+    try db.sql("UPDATE sluice.sources SET retain = '1 hour' WHERE relation = 'xp.actions'")
+    let daemon = try startDaemon(db, ["SLUICE_RETENTION_INTERVAL_S": "0", "SLUICE_MAX_ATTEMPTS": "1"])
+    try XPFixture.insert(db, [("first", "ann", "award", 5, nil), ("broken", "bob", "flaky", 1, nil)])
+    try db.sql("INSERT INTO xp.kept (id, user_id, type, payload) VALUES ('k', 'ann', 'award', '{\"xp\": 1}')")
+    #expect(try eventually { try XPFixture.ledgerCount(db) == 3 })
+    // Their retain passed: the rows go; the dead one stays.
+    try db.sql("UPDATE sluice.event_log SET committed_at = committed_at - interval '2 hours'")
+    try Self.caughtUp(db)
+    #expect(try Self.compact(db) == "xp.actions: deleted 1 rows")
+    // The same ids again (and the kept source's, which has no retain): replays, noted.
+    try XPFixture.insert(db, [("first", "ann", "award", 50, nil)])
+    try db.sql("DELETE FROM xp.actions WHERE id = 'broken'")
+    try XPFixture.insert(db, [("broken", "bob", "flaky", 1, nil), ("marker", "ann", "award", 1, nil)])
+    try db.sql(
+      "DELETE FROM xp.kept; INSERT INTO xp.kept (id, user_id, type, payload) VALUES ('k', 'ann', 'award', '{\"xp\": 1}')")
+    #expect(try eventually { try XPFixture.statuses(db)["marker"] == "applied" })
+    try Self.caughtUp(db)
+    #expect(
+      try db.sql("SELECT source, event_id FROM sluice.retention_replays ORDER BY 2").rows == [
+        ["xp.actions", "broken"], ["xp.actions", "first"],
+      ])
+    // Younger than retain since their own commit: they stay.
+    #expect(try Self.compact(db) == "xp.actions: deleted 0 rows")
+    #expect(try Self.rows(db) == ["broken", "first", "marker"])
+    // Old enough: the replay of a final event goes; the dead one's replay waits for it.
+    try db.sql("UPDATE sluice.retention_replays SET committed_at = committed_at - interval '2 hours'")
+    #expect(try Self.compact(db) == "xp.actions: deleted 1 rows")
+    #expect(try Self.rows(db) == ["broken", "marker"])
+    try db.sql("UPDATE xp.switches SET failing = false")
+    #expect(try runCommand(db, ["dlq", "retry", "broken"]).0 == 0)
+    try db.sql("UPDATE sluice.event_log SET committed_at = committed_at - interval '2 hours' WHERE event_id = 'broken'")
+    try Self.caughtUp(db)
+    #expect(try Self.compact(db) == "xp.actions: deleted 1 rows")
+    #expect(try Self.rows(db) == ["marker"])
+    #expect(try db.scalar("SELECT count(*) FROM sluice.retention_replays") == "0")
+    #expect(try XPFixture.totals(db) == ["ann": 7, "bob": 1000], "first, marker and k; the replays changed nothing")
     daemon.signal(SIGTERM)
     #expect(daemon.waitForExit() == 0)
   }

@@ -305,6 +305,13 @@ public final class BatchProcessor {
     if !ownerSuspects.isEmpty { try settleUnread() }
     let owners = try Ledger.owners(ownerSuspects, sealed: sealed, everywhere: everywhere, on: connection)
     let units = plan.units(seen: seen, owners: owners)
+    // Replays' rows are for retention to find later (SPEC 10): noted with the batch.
+    var tail = tail
+    if !seen.isEmpty,
+      let note = Retention.noteReplays(plan.candidates.map(\.event).filter { seen.contains(LedgerKey($0)) })
+    {
+      tail.append(note)
+    }
     let applying = ContinuousClock.now
     // Reading the batch sent before is waiting (`commitWait`), not planning.
     times.plan += looking.duration(to: applying) - (settling - settledBefore)

@@ -231,6 +231,53 @@ public enum Retention {
     return (resolved.count, deleted)
   }
 
+  /// The statement that notes replays (streamed events whose id the ledger
+  /// holds already) of sources with `retain`, in the batch's transaction:
+  /// `releaseReplays` deletes their rows later. Replays are rare; a source
+  /// without `retain` notes none.
+  static func noteReplays(_ events: [Event]) -> Statement? {
+    let streamed = events.filter { $0.commitLSN != nil && $0.committedAt != nil }
+    guard !streamed.isEmpty else { return nil }
+    return Statement(
+      sql: """
+        INSERT INTO sluice.retention_replays (source, event_id, commit_lsn, committed_at)
+        SELECT r.source, \(Ledger.ledgerID("r.id", "r.synthetic")), r.lsn::pg_lsn, r.at::timestamptz
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS r(source, id, synthetic, lsn, at)
+        JOIN sluice.sources s ON s.relation = r.source AND s.retain IS NOT NULL
+        ON CONFLICT DO NOTHING
+        """,
+      parameters: [
+        PGArray.literal(streamed.map(\.source)), PGArray.literal(streamed.map(\.id)),
+        PGArray.literal(streamed.map(Ledger.flag)), PGArray.literal(streamed.map { $0.commitLSN?.description }),
+        PGArray.literal(streamed.map { $0.committedAt.map(PostgresTime.iso8601) }),
+      ])
+  }
+
+  /// Noted replays whose `retain` has passed since their own commit, at or
+  /// before the slot's confirmed position, whose event is final: their rows
+  /// go, then their notes, at most `batchRows` per call (the caller's
+  /// transaction). Returns (notes released, rows deleted).
+  static func releaseReplays(
+    _ source: Source, confirmed: String, on connection: PGConnection, failures: inout [String]
+  ) throws -> (Int, Int) {
+    let due = try connection.query(
+      """
+      WITH due AS (
+        SELECT r.event_id, r.commit_lsn FROM sluice.retention_replays r
+        JOIN sluice.event_log l ON l.source = r.source AND l.event_id = r.event_id
+        WHERE r.source = $1 AND l.status IN \(final) AND r.committed_at < now() - $2::interval
+          AND r.commit_lsn <= $3::pg_lsn
+        ORDER BY r.committed_at LIMIT \(batchRows))
+      DELETE FROM sluice.retention_replays r USING due d
+      WHERE r.source = $1 AND r.event_id = d.event_id AND r.commit_lsn = d.commit_lsn
+      RETURNING r.event_id
+      """, [source.relation, source.retain, confirmed]
+    ).rows.compactMap { $0[0] }
+    let (deleted, failure) = try delete(Array(Set(due)), of: source, on: connection)
+    if let failure { failures.append(failure) }
+    return (due.count, deleted)
+  }
+
   /// One pass over every source with `retain`: deletes the rows that may go.
   /// A dry run makes the same pass in one transaction and rolls it back, so
   /// it counts exactly what the pass would delete.
@@ -263,6 +310,13 @@ public enum Retention {
           "INSERT INTO sluice.retention_state (source) VALUES ($1) ON CONFLICT DO NOTHING", [source.relation])
         while !stop() {
           let (released, rows) = try transaction { try releaseHeld(source, on: connection, failures: &failures) }
+          deleted += rows
+          if released < batchRows { break }
+        }
+        while !stop() {
+          let (released, rows) = try transaction {
+            try releaseReplays(source, confirmed: confirmed, on: connection, failures: &failures)
+          }
           deleted += rows
           if released < batchRows { break }
         }
