@@ -15,3 +15,17 @@ CREATE TABLE sluice.retention_replays (
   PRIMARY KEY (source, event_id, commit_lsn)
 );
 CREATE INDEX retention_replays_due ON sluice.retention_replays (source, committed_at);
+
+-- SPEC 8: how far each backfill is, for `status` (the daemon also logs it
+-- and puts it in systemd's STATUS= every 5 s). One row per slot and source,
+-- written by the backfill as it goes.
+CREATE TABLE sluice.backfill_progress (
+  slot text NOT NULL,
+  source text NOT NULL,
+  rows_done bigint NOT NULL,
+  rows_total bigint NOT NULL,
+  rows_per_second float8 NOT NULL,
+  started_at timestamptz NOT NULL,
+  updated_at timestamptz NOT NULL,
+  PRIMARY KEY (slot, source)
+);

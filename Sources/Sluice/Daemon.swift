@@ -331,7 +331,8 @@ public final class Daemon: @unchecked Sendable {
         let copy = try Backfill.copy(source: source, reader: waiting.reader, excludingXID: waiting.xid)
         try waiting.reader.simpleQuery("COMMIT")
         rows = try Backfill.process(
-          copy, reader: waiting.reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
+          copy, reader: waiting.reader, processor: processor, batchSize: configuration.batchSize, stop: stop,
+          progress: backfillReporter())
         if stop.isSet { return }
       } else {
         try waiting.reader.simpleQuery("COMMIT")
@@ -412,6 +413,11 @@ public final class Daemon: @unchecked Sendable {
     return false
   }
 
+  /// A backfill's progress, every 5 s: the log, `status`, and systemd's STATUS=.
+  private func backfillReporter() -> BackfillReporter {
+    BackfillReporter(slot: configuration.slot, logger: logger) { [beat] in beat.progressed($0) }
+  }
+
   /// Creates the slot, then in the snapshot it exports: copies the policy to
   /// the mirror and processes the source rows the ledger has not seen.
   private func createSlotAndBackfill(_ stream: ReplicationConnection, _ sql: PGConnection) throws -> (
@@ -443,9 +449,10 @@ public final class Daemon: @unchecked Sendable {
     let processor = try makeProcessor(
       sql, StreamPlanner(policy: initial, catalog: registry.catalog, signatures: .ed25519))
     var total = 0
+    let progress = backfillReporter()
     for copy in copies {
       total += try Backfill.process(
-        copy, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: nil)
+        copy, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: nil, progress: progress)
     }
     try PolicyStore.markReady(sql, slot: configuration.slot)
     if total > 0 { logger.info("backfilled rows that predate the slot", metadata: ["rows": "\(total)"]) }

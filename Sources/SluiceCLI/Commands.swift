@@ -152,7 +152,14 @@ struct BackfillCommand: ParsableCommand {
     let logger = Logger(label: "sluice")
     try Lifecycle.run("sluice-backfill", logger: logger) { [relation] stop in
       let operations = Operations(configuration: config, registry: SluiceCLI.handlers, logger: logger)
-      let count = try reportingFailure("backfill") { try operations.backfill(relation: relation, stop: stop) }
+      // On a terminal, a bar (redrawn in place); elsewhere the log says how far it is every 5 s.
+      let terminal = isatty(STDERR_FILENO) == 1
+      let bar: ((String) -> Void)? =
+        terminal ? { line in FileHandle.standardError.write(Data(("\r" + line).utf8)) } : nil
+      let count = try reportingFailure("backfill") {
+        try operations.backfill(relation: relation, stop: stop, bar: bar)
+      }
+      if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
       print("processed \(count) rows of \(relation)")
     }
   }

@@ -111,7 +111,8 @@ import Testing
     try db.sql("DELETE FROM xp.actions WHERE id = 'broken'")
     try XPFixture.insert(db, [("broken", "bob", "flaky", 1, nil), ("marker", "ann", "award", 1, nil)])
     try db.sql(
-      "DELETE FROM xp.kept; INSERT INTO xp.kept (id, user_id, type, payload) VALUES ('k', 'ann', 'award', '{\"xp\": 1}')")
+      "DELETE FROM xp.kept; INSERT INTO xp.kept (id, user_id, type, payload) VALUES ('k', 'ann', 'award', '{\"xp\": 1}')"
+    )
     #expect(try eventually { try XPFixture.statuses(db)["marker"] == "applied" })
     try Self.caughtUp(db)
     #expect(

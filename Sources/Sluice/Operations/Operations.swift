@@ -193,7 +193,7 @@ public struct Operations {
 
   /// `sluice backfill RELATION`: rows the ledger has not seen, in commit order,
   /// judged by the rules as they stand now.
-  public func backfill(relation: String, stop: StopSignal?) throws -> Int {
+  public func backfill(relation: String, stop: StopSignal?, bar: ((String) -> Void)? = nil) throws -> Int {
     let connection = try connect()
     defer { connection.close() }
     let reader = try connect("sluice-backfill")
@@ -215,7 +215,8 @@ public struct Operations {
     let copy = try Backfill.copy(source: source, reader: reader)
     try reader.simpleQuery("COMMIT")
     let rows = try Backfill.process(
-      copy, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop)
+      copy, reader: reader, processor: processor, batchSize: configuration.batchSize, stop: stop,
+      progress: BackfillReporter(slot: configuration.slot, logger: logger, bar: bar))
     try Self.notifyDeliverer(connection)
     return rows
   }

@@ -22,6 +22,15 @@ public struct StatusReport: Sendable {
   /// Outcomes (SPEC 12): whether this configuration writes them, and the
   /// rows old enough for retention to delete (it runs on the slot's holder).
   public var outcomes: OutcomeSummary
+  /// Backfills running now (SPEC 8), as they last reported (every 5 s).
+  public var backfills: [BackfillState] = []
+  public struct BackfillState: Sendable {
+    public var source: String
+    public var done: Int
+    public var total: Int
+    public var rowsPerSecond: Double
+    public var etaSeconds: Double? { rowsPerSecond > 0 ? Double(total - done) / rowsPerSecond : nil }
+  }
   public struct OutcomeSummary: Sendable {
     public var on: Bool
     public var retentionSeconds: Int
@@ -83,6 +92,17 @@ public struct StatusReport: Sendable {
       ("retention_waiting", .int(Int64(outcomes.waiting))),
     ])
     writer.raw(",")
+    writer.key("backfills")
+    writer.raw("[")
+    for (index, backfill) in backfills.enumerated() {
+      if index > 0 { writer.raw(",") }
+      writer.object([
+        ("source", .text(backfill.source)), ("rows_done", .int(Int64(backfill.done))),
+        ("rows_total", .int(Int64(backfill.total))), ("rows_per_second", .float(backfill.rowsPerSecond)),
+        ("eta_seconds", optional(backfill.etaSeconds, ColumnValue.float)),
+      ])
+    }
+    writer.raw("],")
     writer.key("ledger")
     writer.object([
       ("partitions", .int(Int64(ledger.partitions))), ("events", .int(Int64(ledger.events))),
@@ -120,6 +140,11 @@ public struct StatusReport: Sendable {
     lines.append(
       "outcomes   \(outcomes.on ? "on" : "off"), \(outcomes.waiting) rows older than \(outcomes.retentionSeconds) s waiting to be deleted"
     )
+    for backfill in backfills {
+      lines.append(
+        "backfill   \(backfill.source): \(backfill.done) of \(backfill.total) rows, \(Int(backfill.rowsPerSecond.rounded())) rows/s"
+          + (backfill.etaSeconds.map { ", ETA \(Int($0.rounded())) s" } ?? ""))
+    }
     lines.append(
       "ledger     \(ledger.events) events in \(ledger.partitions) partitions, \(ledger.bytes) bytes on disk"
         + (ledger.bytesPerEvent.map { " (\(Int($0.rounded())) bytes per event)" } ?? ""))
@@ -165,7 +190,22 @@ extension Operations {
         on: configuration.outcomes, retentionSeconds: configuration.outcomeRetentionSeconds,
         waiting: configuration.outcomes || Outcomes.mayTouch("SELECT", on: connection)
           ? try Outcomes.waiting(
-            retentionSeconds: configuration.outcomeRetentionSeconds, slot: configuration.slot, on: connection) : 0))
+            retentionSeconds: configuration.outcomeRetentionSeconds, slot: configuration.slot, on: connection) : 0),
+      backfills: try Self.runningBackfills(connection))
+  }
+
+  /// Backfills on this database that reported in the last minute and are not done.
+  static func runningBackfills(_ connection: PGConnection) throws -> [StatusReport.BackfillState] {
+    try connection.query(
+      """
+      SELECT source, rows_done, rows_total, rows_per_second FROM sluice.backfill_progress
+      WHERE rows_done < rows_total AND updated_at > now() - interval '1 minute' ORDER BY source
+      """
+    ).rows.map {
+      StatusReport.BackfillState(
+        source: $0[0] ?? "?", done: Int($0[1] ?? "") ?? 0, total: Int($0[2] ?? "") ?? 0,
+        rowsPerSecond: Double($0[3] ?? "") ?? 0)
+    }
   }
 
   /// Who, besides the tables' owner, superusers and the connected role, may

@@ -1,3 +1,4 @@
+import Logging
 import SluiceCore
 import SluiceHTTP
 import SluicePostgres
@@ -112,6 +113,8 @@ enum Backfill {
   struct Copy {
     var relation: String
     var table: String
+    /// The rows copied: what the backfill has to go through.
+    var rows = 0
   }
 
   /// In the reader's open transaction: copies the rows of `source` (not
@@ -125,7 +128,7 @@ enum Backfill {
     try reader.query("DROP TABLE IF EXISTS pg_temp.\(table)")
     // SPEC 13: a 'session' source's rows from before its guard never proved their actor.
     let judged = source.actorFrom == .session && !source.trustsExisting
-    try reader.query(
+    let copied = try reader.query(
       """
       CREATE TEMPORARY TABLE \(table) AS
       SELECT row_number() OVER (ORDER BY \(order)) AS sluice_backfill_n,
@@ -136,7 +139,7 @@ enum Backfill {
       \(excludingXID.map { "WHERE t.xmin::text <> \(PGConnection.quoteLiteral($0))" } ?? "")
       """)
     try reader.query("CREATE INDEX ON pg_temp.\(table) (sluice_backfill_n)")
-    return Copy(relation: source.relation, table: table)
+    return Copy(relation: source.relation, table: table, rows: copied.affectedRows)
   }
 
   /// SPEC 8: rows in the order their transactions committed, so that an
@@ -155,10 +158,12 @@ enum Backfill {
   /// Once the reader's transaction ended: applies the copy through
   /// `processor` in batches, and drops it. Returns the rows that were new to
   /// the ledger.
-  static func process(_ copy: Copy, reader: PGConnection, processor: BatchProcessor, batchSize: Int, stop: StopSignal?)
-    throws -> Int
-  {
+  static func process(
+    _ copy: Copy, reader: PGConnection, processor: BatchProcessor, batchSize: Int, stop: StopSignal?,
+    progress: BackfillReporter? = nil
+  ) throws -> Int {
     let before = processor.counts.values.reduce(0, +)
+    progress?.begin(copy, on: reader)
     var last = 0
     while stop?.isSet != true {
       var result = try reader.query(
@@ -176,8 +181,74 @@ enum Backfill {
       }
       try processor.processRows(rows)
       last += batchSize
+      progress?.advance(to: min(last, copy.rows), on: reader)
     }
     if stop?.isSet != true { try reader.query("DROP TABLE pg_temp.\(copy.table)") }
     return processor.counts.values.reduce(0, +) - before
+  }
+}
+
+/// Says how far a backfill is (SPEC 8), every 5 s and at its end: in the
+/// log, to `status` (systemd's STATUS= in the daemon) through `onReport`,
+/// in `sluice.backfill_progress` for `sluice status`, and as a bar when
+/// `bar` draws one (`sluice backfill` on a terminal).
+final class BackfillReporter {
+  private let slot: String
+  private let logger: Logger
+  private let onReport: (String) -> Void
+  private let bar: ((String) -> Void)?
+  private var progress: BackfillProgress?
+  private let clock = ContinuousClock()
+  private let origin: ContinuousClock.Instant
+
+  init(slot: String, logger: Logger, onReport: @escaping (String) -> Void = { _ in }, bar: ((String) -> Void)? = nil) {
+    self.slot = slot
+    self.logger = logger
+    self.onReport = onReport
+    self.bar = bar
+    origin = clock.now
+  }
+
+  private var now: Double { origin.duration(to: clock.now).inSeconds }
+
+  func begin(_ copy: Backfill.Copy, on connection: PGConnection) {
+    progress = BackfillProgress(source: copy.relation, total: copy.rows, now: now)
+    if copy.rows > 0 { report(on: connection) }
+  }
+
+  func advance(to done: Int, on connection: PGConnection) {
+    guard var progress else { return }
+    let due = progress.advance(to: done, now: now)
+    self.progress = progress
+    bar?(progress.bar(now: now))
+    if due { report(on: connection) }
+  }
+
+  private func report(on connection: PGConnection) {
+    guard let progress else { return }
+    let line = progress.line(now: now)
+    if bar == nil {  // a terminal's bar says it already
+      logger.info(
+        "backfill progress",
+        metadata: [
+          "source": "\(progress.source)", "rows": "\(progress.done)", "of": "\(progress.total)",
+          "rows_per_s": "\(Int(progress.rate(now: now).rounded()))",
+          "eta_s": "\(progress.etaSeconds(now: now).map { String(Int($0.rounded())) } ?? "?")",
+        ])
+    }
+    onReport("backfilling \(line)")
+    // For `sluice status`; a backfill never fails for want of this row.
+    _ = try? connection.query(
+      """
+      INSERT INTO sluice.backfill_progress AS p (slot, source, rows_done, rows_total, rows_per_second, started_at, updated_at)
+      VALUES ($1, $2, $3, $4, $5, now() - make_interval(secs => $6::float8), now())
+      ON CONFLICT (slot, source) DO UPDATE SET rows_done = EXCLUDED.rows_done, rows_total = EXCLUDED.rows_total,
+        rows_per_second = EXCLUDED.rows_per_second, updated_at = now(),
+        started_at = CASE WHEN p.rows_done > EXCLUDED.rows_done THEN EXCLUDED.started_at ELSE p.started_at END
+      """,
+      [
+        slot, progress.source, String(progress.done), String(progress.total), String(progress.rate(now: now)),
+        String(now - progress.started),
+      ])
   }
 }

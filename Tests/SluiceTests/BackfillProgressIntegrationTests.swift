@@ -1,0 +1,39 @@
+import Foundation
+import SluicePostgres
+import Testing
+
+/// SPEC 8: a backfill says how far it is while it runs: every 5 s in the
+/// log and in `status` (and systemd's STATUS=, through the same report).
+/// Found on main: a first run over millions of rows said nothing until it
+/// ended ("backfilled rows that predate the slot rows=N").
+@Suite struct BackfillProgressIntegrationTests {
+  @Test func aLongBackfillReportsItsProgressInTheLogAndInStatus() throws {
+    let db = try TestDatabase("backfillprogress")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try XPFixture.handler(db, "slow", "BEGIN PERFORM pg_sleep(0.002); END")
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+      SELECT 'b' || lpad(n::text, 5, '0'), 'ann', 'slow', '{}' FROM generate_series(1, 4000) n
+      """)
+    let daemon = try sluice(db, ["run"], ["SLUICE_BATCH_SIZE": "50"])
+    var seen = ""
+    #expect(
+      try eventually(60, "status to show the backfill: \(seen)") {
+        seen = try runCommand(db, ["status"]).1
+        return seen.contains("backfill   xp.actions: ") && seen.contains(" of 4000 rows")
+      })
+    #expect(try eventually(120, "the backfill to end") { daemon.standardError.contains("info streaming") })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let log = daemon.standardError
+    #expect(log.contains("backfill progress eta_s="), "\(log)")
+    #expect(log.contains("of=4000"), "\(log)")
+    #expect(log.contains("rows=4000"), "the end is reported: \(log)")
+    #expect(try XPFixture.ledgerCount(db) == 4000)
+    #expect(!(try runCommand(db, ["status"]).1.contains("backfill   ")), "a finished backfill is not shown")
+    let (_, json, _) = try runCommand(db, ["status", "--json"])
+    #expect(json.contains(#""backfills":[]"#), "\(json)")
+  }
+}
