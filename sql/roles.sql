@@ -32,7 +32,10 @@ GRANT SELECT, UPDATE ON sluice.ledger_partitions TO sluice_daemon;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.policy_mirror, sluice.attempts, sluice.pending_backfills TO sluice_daemon;
 -- Retention (SPEC section 10): where each source's walk stands. Deleting a
 -- source's rows needs its own grant: GRANT DELETE ON <source> TO sluice_daemon.
-GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.retention_state, sluice.retention_held TO sluice_daemon;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.retention_state, sluice.retention_held, sluice.retention_replays
+  TO sluice_daemon;
+-- How far a backfill is, for `status`.
+GRANT SELECT, INSERT, UPDATE ON sluice.backfill_progress TO sluice_daemon;
 GRANT EXECUTE ON FUNCTION sluice.reject(text) TO sluice_daemon;
 -- Outcomes (SPEC section 12): written, updated by `dlq retry`, deleted by
 -- retention. Row-level security is on for the table: this policy lets the
@@ -43,7 +46,8 @@ DROP POLICY IF EXISTS outcomes_daemon ON sluice.outcomes;
 CREATE POLICY outcomes_daemon ON sluice.outcomes TO sluice_daemon USING (true) WITH CHECK (true);
 -- Webhooks (SPEC section 9): read the endpoints, queue and send deliveries.
 GRANT SELECT ON sluice.endpoints TO sluice_daemon;
-GRANT SELECT, INSERT, UPDATE ON sluice.outbox TO sluice_daemon;
+-- DELETE: delivered rows go after SLUICE_OUTBOX_RETENTION.
+GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.outbox TO sluice_daemon;
 GRANT USAGE ON SEQUENCE sluice.outbox_id_seq TO sluice_daemon;
 GRANT EXECUTE ON FUNCTION sluice.emit(text, jsonb), sluice.queue_delivery(text, jsonb, text, text, text, text)
   TO sluice_daemon;

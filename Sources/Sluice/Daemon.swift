@@ -381,6 +381,13 @@ public final class Daemon: @unchecked Sendable {
     processor.sealed = try LedgerPartitions.prepare(on: connection, logger: logger)
     processor.sealedLookups = try PGConnection(conninfo: configuration.databaseURL, applicationName: "sluice-lookups")
     processor.hotEvents = try LedgerPartitions.hotCount(on: connection)
+    processor.notesReplays =
+      (try connection.query("SELECT has_table_privilege('sluice.retention_replays', 'INSERT')").scalar) == "t"
+    if !processor.notesReplays {
+      logger.warning(
+        "this role cannot INSERT into sluice.retention_replays: replays' rows are not deleted by retention (run sql/roles.sql again)"
+      )
+    }
     return processor
   }
 

@@ -320,7 +320,7 @@ import Testing
     let (second, again, _) = try runCommand(db, ["migrate"])
     #expect(second == 0)
     #expect(again.contains("up to date"))
-    #expect(try db.scalar("SELECT count(*) FROM sluice.schema_migrations") == "9")
+    #expect(try db.scalar("SELECT count(*) FROM sluice.schema_migrations") == "10")
     #expect(
       try db.scalar("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'sluice' AND schemaname = 'sluice'")
         == "5")

@@ -86,6 +86,12 @@ extension Operations {
 enum OutboxRetention {
   static let batchRows = 1000
 
+  /// Whether this role may delete outbox rows (an install from before
+  /// outbox retention may not have granted it: then nothing is deleted).
+  static func mayDelete(on connection: PGConnection) -> Bool {
+    (try? connection.query("SELECT has_table_privilege('sluice.outbox', 'DELETE')").scalar) == "t"
+  }
+
   /// Deletes (or, dry, counts) them; `paced` is told after each batch how
   /// many rows went so far. Returns how many went.
   static func deleteDelivered(

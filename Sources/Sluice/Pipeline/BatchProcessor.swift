@@ -24,6 +24,9 @@ public final class BatchProcessor {
   public private(set) var ignoredChanges = 0
   /// Where committed batches are counted (nil: not counted).
   var metrics: DaemonMetrics?
+  /// Whether replays are noted for retention (SPEC 10): off for a role not
+  /// granted sluice.retention_replays, whose batches must not fail for it.
+  var notesReplays = true
   /// Try each range in one libpq pipeline first (the fast path).
   var pipelining = true
   /// The highest commit LSN of this slot's events in the ledger when the
@@ -307,7 +310,7 @@ public final class BatchProcessor {
     let units = plan.units(seen: seen, owners: owners)
     // Replays' rows are for retention to find later (SPEC 10): noted with the batch.
     var tail = tail
-    if !seen.isEmpty,
+    if !seen.isEmpty, notesReplays,
       let note = Retention.noteReplays(plan.candidates.map(\.event).filter { seen.contains(LedgerKey($0)) })
     {
       tail.append(note)

@@ -391,8 +391,10 @@ extension Operations {
     var passes = try Retention.pass(
       connection, slot: configuration.slot, publication: configuration.publication, dryRun: dryRun)
     // Delivered webhooks (SPEC section 10), listed when some are old enough to go.
-    let delivered = try OutboxRetention.deleteDelivered(
-      retentionSeconds: configuration.outboxRetentionSeconds, on: connection, dryRun: dryRun)
+    let delivered =
+      OutboxRetention.mayDelete(on: connection)
+      ? try OutboxRetention.deleteDelivered(
+        retentionSeconds: configuration.outboxRetentionSeconds, on: connection, dryRun: dryRun) : 0
     if delivered > 0 { passes.append(Retention.Outcome(relation: "sluice.outbox", rows: delivered)) }
     // Outcomes (SPEC section 12), listed when they are on or some are old enough to go.
     guard configuration.outcomes || Outcomes.mayTouch("DELETE", on: connection) else { return passes }

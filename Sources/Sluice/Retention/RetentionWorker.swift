@@ -94,12 +94,15 @@ final class RetentionWorker: @unchecked Sendable {
         defer { connection.close() }
         try connection.simpleQuery("SET lock_timeout = '5s'; SET statement_timeout = '60s'")
         let started = ContinuousClock.now
-        let deleted = try OutboxRetention.deleteDelivered(
-          retentionSeconds: outboxRetentionSeconds, on: connection, dryRun: false, stop: { stop.isSet }
-        ) { rows in
-          let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - started.duration(to: .now).inSeconds
-          if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
-        }
+        let deleted =
+          try !OutboxRetention.mayDelete(on: connection)
+          ? 0
+          : OutboxRetention.deleteDelivered(
+            retentionSeconds: outboxRetentionSeconds, on: connection, dryRun: false, stop: { stop.isSet }
+          ) { rows in
+            let ahead = Double(rows) / Double(Self.maxRowsPerSecond) - started.duration(to: .now).inSeconds
+            if ahead > 0 { stop.sleep(milliseconds: Int(ahead * 1000)) }
+          }
         metrics.outboxDeleted(rows: deleted)
         if deleted > 0 {
           logger.info("retention deleted delivered webhooks", metadata: ["rows": "\(deleted)"])
