@@ -36,4 +36,33 @@ import Testing
     let (_, json, _) = try runCommand(db, ["status", "--json"])
     #expect(json.contains(#""backfills":[]"#), "\(json)")
   }
+
+  /// `sluice backfill` on a terminal draws a bar (here under `script`, which gives it a pty).
+  @Test func sluiceBackfillOnATerminalDrawsABar() throws {
+    let script = ["/usr/bin/script", "/bin/script"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    guard let script else {
+      Issue.record("util-linux's script is missing: it gives the command a terminal")
+      return
+    }
+    let db = try TestDatabase("backfillbar")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann"])
+    try createSlot(db)
+    try db.sql(
+      """
+      INSERT INTO xp.actions (id, user_id, type, payload)
+      SELECT 'b' || n, 'ann', 'award', '{"xp": 1}' FROM generate_series(1, 3000) n
+      """)
+    let binary = TestCluster.binDirectory.appendingPathComponent("sluice").path
+    let command = "\(binary) backfill xp.actions"
+    let process = try ChildProcess(
+      script, ["-qec", command, "/dev/null"],
+      environment: ["SLUICE_DATABASE_URL": db.url, "SLUICE_SLOT": db.slot, "SLUICE_METRICS_ADDR": "off"])
+    #expect(process.waitForExit(seconds: 60) == 0, "\(process.standardOutput)\(process.standardError)")
+    let output = process.standardOutput + process.standardError
+    #expect(output.contains("] 100.0% 3000/3000"), "\(output)")
+    #expect(output.contains("\r["), "redrawn in place: \(output)")
+    #expect(output.contains("processed 3000 rows of xp.actions"), "\(output)")
+    #expect(!output.contains("backfill progress eta_s"), "the bar, not log lines: \(output)")
+  }
 }

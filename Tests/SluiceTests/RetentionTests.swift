@@ -124,6 +124,8 @@ import Testing
     #expect(try Self.rows(db) == ["broken", "first", "marker"])
     // Old enough: the replay of a final event goes; the dead one's replay waits for it.
     try db.sql("UPDATE sluice.retention_replays SET committed_at = committed_at - interval '2 hours'")
+    let (_, status, _) = try runCommand(db, ["status", "--json"])
+    #expect(status.contains(#""retention_waiting":{"xp.actions":1}"#), "the final one's replay: \(status)")
     #expect(try Self.compact(db) == "xp.actions: deleted 1 rows")
     #expect(try Self.rows(db) == ["broken", "marker"])
     try db.sql("UPDATE xp.switches SET failing = false")

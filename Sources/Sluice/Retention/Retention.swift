@@ -362,7 +362,8 @@ public enum Retention {
   }
 
   /// For `status`: per source with `retain`, final events past its walk
-  /// whose rows may go now (streamed ones; backfilled and held ones aside).
+  /// whose rows may go now (streamed ones; backfilled and held ones aside),
+  /// and noted replays whose rows may go now.
   static func waiting(_ connection: PGConnection, slot: String, publication: String) throws -> [Outcome] {
     let confirmed = try confirmed(connection, slot: slot)
     return try sources(connection, publication: publication).map { source in
@@ -376,7 +377,16 @@ public enum Retention {
           AND l.commit_lsn <= $3::pg_lsn AND coalesce(l.committed_at, l.processed_at) < now() - $2::interval
         """, [source.relation, source.retain, confirmed]
       ).scalar
-      return Outcome(relation: source.relation, rows: Int(count ?? "") ?? 0)
+      // And replays' rows whose own retain has passed (their event final).
+      let replays = try connection.query(
+        """
+        SELECT count(*) FROM sluice.retention_replays r
+        JOIN sluice.event_log l ON l.source = r.source AND l.event_id = r.event_id
+        WHERE r.source = $1 AND l.status IN \(final) AND r.committed_at < now() - $2::interval
+          AND r.commit_lsn <= $3::pg_lsn
+        """, [source.relation, source.retain, confirmed]
+      ).scalar
+      return Outcome(relation: source.relation, rows: (Int(count ?? "") ?? 0) + (Int(replays ?? "") ?? 0))
     }
   }
 }
