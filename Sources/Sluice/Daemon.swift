@@ -156,53 +156,35 @@ public final class Daemon: @unchecked Sendable {
     let stream = try ReplicationConnection(conninfo: url, applicationName: "sluice", serverSide: .stream)
     defer { stream.close() }
     let slot = configuration.slot
-    var slotRow = try sql.query(
+    let slotRow = try sql.query(
       """
       SELECT confirmed_flush_lsn::text, plugin, database, database = current_database(), wal_status
       FROM pg_replication_slots WHERE slot_name = $1
       """, [slot]
     ).rows.first
-    if let slotRow, slotRow[3] != "t" {
-      // Slot names are unique in the whole cluster, not per database.
-      throw StartupError(
-        "replication slot \(slot) belongs to database \(slotRow[2] ?? "?"): set SLUICE_SLOT to another name for this database"
-      )
+    let found = slotRow.map {
+      SessionPlan.Slot(
+        confirmedFlush: $0[0].flatMap { LSN($0) }, plugin: $0[1], database: $0[2], inThisDatabase: $0[3] == "t",
+        walStatus: $0[4])
     }
     var start: LSN
     let processor: BatchProcessor
-    let mirrorReady = try PolicyStore.isMirrorReady(sql, slot: slot)
-    if mirrorReady, slotRow == nil || slotRow?[4] == "lost" {
-      // The WAL the slot needed is gone (max_slot_wal_keep_size), or the slot
-      // is (a dropped slot; a promoted standby that never had it). Start over
-      // with a new slot, and backfill every source row the ledger has not seen.
-      let why =
-        slotRow == nil ? "is missing (dropped, or a promoted standby without it)" : "was invalidated (wal_status lost)"
-      logger.warning(
-        "slot \(why): recreating it and backfilling the source rows the ledger has not seen",
-        metadata: ["slot": "\(slot)"])
-      if slotRow != nil { try sql.query("SELECT pg_drop_replication_slot($1)", [slot]) }
-      slotRow = nil
-    }
-    if let slotRow, mirrorReady {
-      guard slotRow[1] == "pgoutput" else {
-        throw StartupError("slot \(slot) uses plugin \(slotRow[1] ?? "?"), not pgoutput")
-      }
+    switch SessionPlan.decide(slot: found, mirrorReady: try PolicyStore.isMirrorReady(sql, slot: slot), name: slot) {
+    case .refuse(let why):
+      throw StartupError(why)
+    case .resume(let slotConfirmed):
       // Every session starts from the mirror: the policy as of the position
       // it resumes from, whoever streamed in between.
       let (policy, position) = try PolicyStore.loadFromMirror(sql, slot: slot)
-      start = max(confirmed, slotRow[0].flatMap { LSN($0) } ?? .zero)
+      start = max(confirmed, slotConfirmed ?? .zero)
       processor = try makeProcessor(
         sql, StreamPlanner(policy: policy, catalog: registry.catalog, mirrorPosition: position, signatures: .ed25519))
       processor.ledgerHighWater = try sql.query(
         "SELECT ledger_high_water::text FROM sluice.stream_state WHERE slot = $1", [slot]
       ).scalar.flatMap { LSN($0) }
-    } else {
-      if slotRow != nil {
-        // The slot was made by someone else, or our setup of it never finished:
-        // nothing was consumed from it, so start over with a slot and snapshot of our own.
-        logger.warning("slot exists without a policy mirror; recreating it", metadata: ["slot": "\(slot)"])
-        try sql.query("SELECT pg_drop_replication_slot($1)", [slot])
-      }
+    case .recreate(let dropFirst, let warning):
+      if let warning { logger.warning("\(warning)", metadata: ["slot": "\(slot)"]) }
+      if dropFirst { try sql.query("SELECT pg_drop_replication_slot($1)", [slot]) }
       (start, processor) = try createSlotAndBackfill(stream, sql)
     }
     // A session that did not stop cleanly may have died of an event: the
