@@ -110,4 +110,35 @@ import Testing
     #expect(try XPFixture.totals(db) == expected)
     #expect(try db.scalar("SELECT count(*) FROM sluice.event_log WHERE status = 'dead'") == "0")
   }
+
+  /// Found by review: a deferred constraint (class 23) fails at COMMIT, not
+  /// in the handler, and was retried with backoff. It is final too.
+  @Test func aDeferredConstraintThatFailsAtCommitIsFinal() throws {
+    let db = try TestDatabase("finaldeferred")
+    try XPFixture.install(db)
+    try XPFixture.grant(db, ["ann", "ben"])
+    try db.sql(
+      """
+      CREATE TABLE xp.parents (id text PRIMARY KEY);
+      CREATE TABLE xp.children (id text PRIMARY KEY,
+        parent text REFERENCES xp.parents DEFERRABLE INITIALLY DEFERRED);
+      """)
+    try XPFixture.handler(db, "adopt", "BEGIN INSERT INTO xp.children VALUES (e->>'id', 'nobody'); END")
+    try createSlot(db)
+    let started = Date()
+    try XPFixture.insert(db, [("orphan", "ann", "adopt", 1, nil), ("after", "ben", "award", 3, nil)])
+    let daemon = try startDaemon(db, ["SLUICE_MAX_ATTEMPTS": "5"])
+    #expect(try eventually(30) { try XPFixture.ledgerCount(db) == 2 })
+    let took = Date().timeIntervalSince(started)
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    let row = try db.sql("SELECT status, attempts, reason FROM sluice.event_log WHERE event_id = 'orphan'").rows.first
+    #expect(row?[0] == "dead")
+    #expect((Int(row?[1] ?? "") ?? 99) <= 2, "at most the batch's try and one alone: \(row?[1] ?? "?")")
+    #expect(row?[2]?.contains("foreign key") == true, "\(row?[2] ?? "")")
+    #expect(try XPFixture.statuses(db)["after"] == "applied")
+    #expect(try XPFixture.totals(db) == ["ben": 3])
+    #expect(took < 10, "no backoff between attempts: \(took) s")
+    #expect(try db.scalar("SELECT count(*) FROM xp.children") == "0")
+  }
 }

@@ -397,6 +397,13 @@ struct CarefulStrategy: ApplyStrategy {
     } catch {
       environment.rollback()
       if environment.mustThrow(error) { throw error }
+      // A deferred constraint fails at COMMIT, not in its handler: with one
+      // event to run, the failure is that event's (found by review).
+      if range.count == 1, let index = range.first, case .handle = units[index].work, error is PostgresError {
+        return .stoppedAt(
+          index, error: HandlerFailure(error, timeoutMilliseconds: environment.handlerTimeoutMilliseconds),
+          committed: [])
+      }
       return .failed("\(error)")
     }
   }

@@ -437,11 +437,15 @@ public final class BatchProcessor {
             ?? [])
       }
       let error: String
+      var final = false
       switch outcome {
       case .committed(let entries), .sent(let entries):
         countFinalFailures()  // the careful try made it dead at once
         return entries[0]
-      case .stoppedAt, .failed: error = outcome.failure ?? "failed"
+      case .stoppedAt(_, let failure, _):
+        error = failure.description
+        final = failure.isFinal  // failed at COMMIT (a deferred constraint): no retry passes either
+      case .failed: error = outcome.failure ?? "failed"
       }
       metrics?.handlerFailed()
       logger.warning(
@@ -451,7 +455,7 @@ public final class BatchProcessor {
           "error": "\(error)",
         ])
       try Ledger.failAttempt(event, error: error, on: connection)
-      if attempt >= maxAttempts {
+      if attempt >= maxAttempts || final {
         let entry = unit.entry(.dead, reason: error, attempts: attempt)
         try commitEnsuringARow(entry)
         return entry
