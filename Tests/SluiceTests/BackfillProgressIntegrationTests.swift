@@ -17,12 +17,22 @@ import Testing
       INSERT INTO xp.actions (id, user_id, type, payload)
       SELECT 'b' || lpad(n::text, 5, '0'), 'ann', 'slow', '{}' FROM generate_series(1, 4000) n
       """)
-    let daemon = try sluice(db, ["run"], ["SLUICE_BATCH_SIZE": "50"])
+    let path = NSTemporaryDirectory() + "sluice-backfill-\(getpid()).sock"
+    let socket = try DatagramSocket(path: path)
+    defer { socket.close() }
+    let daemon = try sluice(db, ["run"], ["SLUICE_BATCH_SIZE": "50", "NOTIFY_SOCKET": path])
     var seen = ""
+    var messages: [String] = []
     #expect(
       try eventually(60, "status to show the backfill: \(seen)") {
+        messages += socket.receiveAll()
         seen = try runCommand(db, ["status"]).1
         return seen.contains("backfill   xp.actions: ") && seen.contains(" of 4000 rows")
+      })
+    #expect(
+      try eventually(30, "systemd's STATUS= to show it: \(messages)") {
+        messages += socket.receiveAll()
+        return messages.contains { $0.contains("STATUS=backfilling xp.actions: ") && $0.contains(" of 4000 rows") }
       })
     #expect(try eventually(120, "the backfill to end") { daemon.standardError.contains("info streaming") })
     daemon.signal(SIGTERM)

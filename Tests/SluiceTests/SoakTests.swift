@@ -73,6 +73,15 @@ import Testing
   }
 
   /// Peak resident memory of a process, in MiB (0 once it is gone).
+  /// A crash's report from its first line (the thread that crashed and its
+  /// frames), else the log's last lines.
+  static func crashOrTail(_ log: String) -> String {
+    if let crash = log.range(of: "*** Program crashed") ?? log.range(of: "Fatal error") {
+      return String(log[crash.lowerBound...].prefix(6000))
+    }
+    return String(log.suffix(800))
+  }
+
   static func peakRSS(_ process: ChildProcess) -> Double {
     let status =
       (try? String(contentsOfFile: "/proc/\(process.pid)/status", encoding: .utf8)) ?? ""
@@ -309,7 +318,7 @@ import Testing
         if !kill {
           #expect(
             status == 0,
-            "SIGTERM exit \(status.map(String.init) ?? "none"): \(daemons[index].standardError.suffix(800))")
+            "SIGTERM exit \(status.map(String.init) ?? "none"): \(Self.crashOrTail(daemons[index].standardError))")
         }
         try restart(index)
       case .restartPostgres:
