@@ -26,7 +26,7 @@ struct SlotCreation {
       defer { looker?.close() }
       while !done.load(ordering: .acquiring) {
         usleep(100_000)
-        if stop.isSet, !cancelled {
+        if stop.isSet, !cancelled, !done.load(ordering: .acquiring) {  // never a cancel for what runs after it
           cancelled = true
           cancel.send()
         }
