@@ -166,7 +166,11 @@ final class OutboxDeliverer: @unchecked Sendable {
     var nextGauges: Int64 = 0
     while !isStopping {
       let now = Clock.unixMilliseconds()
-      if now >= nextEndpointLoad {
+      // `outbox retry` notifies: an operator who fixed an endpoint's URL and
+      // then retried means the new URL, even within a second of the change
+      // (CI's run of WebhookTests once sent the retry to the old one).
+      let notified = try sql.takeNotifications()
+      if now >= nextEndpointLoad || notified {
         try loadEndpoints(sql)
         nextEndpointLoad = now + 1000
       }
@@ -174,7 +178,6 @@ final class OutboxDeliverer: @unchecked Sendable {
         try readPending(sql, now: now)
         nextRead = now + 1000
       }
-      let notified = try sql.takeNotifications()
       for name in schedulers.keys where rescans[name] == nil {
         if notified || now >= nextRescan || schedulers[name]?.refillWanted == true {
           schedulers[name]?.startRescan()
