@@ -39,26 +39,27 @@ import Testing
       "\(path), undo first: \(undoFirst): the undone award is not kept")
   }
 
+  /// Runs the daemon until the ledger holds both events; its log says `saying`.
+  static func drain(_ db: TestDatabase, saying: String) throws {
+    let daemon = try startDaemon(db, binary: Self.binary)
+    #expect(try eventually { try db.scalar("SELECT count(*) FROM sluice.event_log") == "2" })
+    daemon.signal(SIGTERM)
+    #expect(daemon.waitForExit() == 0)
+    #expect(daemon.standardError.contains(saying), "\(daemon.standardError)")
+  }
+
   static func run(_ db: TestDatabase, _ path: Path, undoFirst: Bool) throws {
     try ExamplesTests.load(db)
     try XPFixture.grant(db, ["ann"])
     switch path {
     case .firstRun:
       try writeAwardThenUndo(db, undoFirst: undoFirst)
-      let daemon = try startDaemon(db, binary: Self.binary)
-      #expect(try eventually { try db.scalar("SELECT count(*) FROM sluice.event_log") == "2" })
-      daemon.signal(SIGTERM)
-      #expect(daemon.waitForExit() == 0)
-      #expect(daemon.standardError.contains("backfilled rows that predate the slot"))
+      try drain(db, saying: "backfilled rows that predate the slot")
     case .lostSlot:
       try createSlot(db, binary: Self.binary)
       try writeAwardThenUndo(db, undoFirst: undoFirst)
       try db.sql("SELECT pg_drop_replication_slot($1)", [db.slot])
-      let daemon = try startDaemon(db, binary: Self.binary)
-      #expect(try eventually { try db.scalar("SELECT count(*) FROM sluice.event_log") == "2" })
-      daemon.signal(SIGTERM)
-      #expect(daemon.waitForExit() == 0)
-      #expect(daemon.standardError.contains("slot is missing"))
+      try drain(db, saying: "slot is missing")
     case .backfillCommand:
       try createSlot(db, binary: Self.binary)
       try writeAwardThenUndo(db, undoFirst: undoFirst)
@@ -114,10 +115,7 @@ import Testing
       try db.scalar(
         "SELECT (SELECT xmin::text::bigint FROM game.actions WHERE type = 'undo') < (SELECT xmin::text::bigint FROM game.actions WHERE type = 'award_xp')"
       ) == "t", "the undo's transaction id is the older one")
-    let daemon = try startDaemon(db, binary: Self.binary)
-    #expect(try eventually { try db.scalar("SELECT count(*) FROM sluice.event_log") == "2" })
-    daemon.signal(SIGTERM)
-    #expect(daemon.waitForExit() == 0)
+    try Self.drain(db, saying: "backfilled rows that predate the slot")
     try Self.expectUndone(db, undoFirst: true, .firstRun)
 
     let (_, output, _) = try runCommand(db, ["check"])

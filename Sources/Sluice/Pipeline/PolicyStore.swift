@@ -198,6 +198,7 @@ final class BackfillReporter {
   private let onReport: (String) -> Void
   private let bar: ((String) -> Void)?
   private var progress: BackfillProgress?
+  private var toldUnwritable = false
   private let clock = ContinuousClock()
   private let origin: ContinuousClock.Instant
 
@@ -237,18 +238,27 @@ final class BackfillReporter {
         ])
     }
     onReport("backfilling \(line)")
-    // For `sluice status`; a backfill never fails for want of this row.
-    _ = try? connection.query(
-      """
-      INSERT INTO sluice.backfill_progress AS p (slot, source, rows_done, rows_total, rows_per_second, started_at, updated_at)
-      VALUES ($1, $2, $3, $4, $5, now() - make_interval(secs => $6::float8), now())
-      ON CONFLICT (slot, source) DO UPDATE SET rows_done = EXCLUDED.rows_done, rows_total = EXCLUDED.rows_total,
-        rows_per_second = EXCLUDED.rows_per_second, updated_at = now(),
-        started_at = CASE WHEN p.rows_done > EXCLUDED.rows_done THEN EXCLUDED.started_at ELSE p.started_at END
-      """,
-      [
-        slot, progress.source, String(progress.done), String(progress.total), String(progress.rate(now: now)),
-        String(now - progress.started),
-      ])
+    // For `sluice status`; a backfill never fails for want of this row (said once).
+    do {
+      try connection.query(
+        """
+        INSERT INTO sluice.backfill_progress AS p (slot, source, rows_done, rows_total, rows_per_second, started_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, now() - make_interval(secs => $6::float8), now())
+        ON CONFLICT (slot, source) DO UPDATE SET rows_done = EXCLUDED.rows_done, rows_total = EXCLUDED.rows_total,
+          rows_per_second = EXCLUDED.rows_per_second, updated_at = now(),
+          started_at = CASE WHEN p.rows_done > EXCLUDED.rows_done THEN EXCLUDED.started_at ELSE p.started_at END
+        """,
+        [
+          slot, progress.source, String(progress.done), String(progress.total), String(progress.rate(now: now)),
+          String(now - progress.started),
+        ])
+    } catch {
+      if !toldUnwritable {
+        toldUnwritable = true
+        logger.warning(
+          "backfill progress cannot be written for status (sluice.backfill_progress; run sql/roles.sql again)",
+          metadata: ["error": "\(error)"])
+      }
+    }
   }
 }

@@ -89,22 +89,18 @@ public struct Configuration: Sendable, Equatable {
       default: throw ConfigurationError(variable: "SLUICE_OUTCOMES", message: "must be on or off, got '\(flag)'")
       }
     }
-    if let text = try value("SLUICE_OUTCOME_RETENTION") {
+    /// An interval of 1 minute to 100 years, in seconds.
+    func retention(_ variable: String) throws(ConfigurationError) -> Int? {
+      guard let text = try value(variable) else { return nil }
       guard let seconds = Self.intervalSeconds(text), (60...(100 * 365 * 86_400)).contains(seconds) else {
         throw ConfigurationError(
-          variable: "SLUICE_OUTCOME_RETENTION",
+          variable: variable,
           message: "must be an interval from 1 minute to 100 years, such as '7 days' or '12 hours', got '\(text)'")
       }
-      outcomeRetentionSeconds = seconds
+      return seconds
     }
-    if let text = try value("SLUICE_OUTBOX_RETENTION") {
-      guard let seconds = Self.intervalSeconds(text), (60...(100 * 365 * 86_400)).contains(seconds) else {
-        throw ConfigurationError(
-          variable: "SLUICE_OUTBOX_RETENTION",
-          message: "must be an interval from 1 minute to 100 years, such as '7 days' or '12 hours', got '\(text)'")
-      }
-      outboxRetentionSeconds = seconds
-    }
+    if let seconds = try retention("SLUICE_OUTCOME_RETENTION") { outcomeRetentionSeconds = seconds }
+    if let seconds = try retention("SLUICE_OUTBOX_RETENTION") { outboxRetentionSeconds = seconds }
     if let name = try identifier("SLUICE_OUTCOMES_PUBLICATION") {
       guard name != publication else {
         throw ConfigurationError(
